@@ -1,0 +1,40 @@
+package asset
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps assets. Every implementation passes assettest.TestStore.
+//
+// Contract:
+//   - Create inserts all assets or none (ErrDuplicate when an id exists).
+//   - Get returns ErrNotFound for an unknown id. Owner checks are the
+//     caller's: the HTTP layer treats another user's asset as not found.
+//   - List returns only userID's assets, newest first (CreatedAt, then ID,
+//     descending), filtered by status, paginated by an opaque cursor that
+//     stays valid while assets are added.
+//   - RecordAttempt sets Attempts while the asset is processing under jobID;
+//     otherwise ErrConflict.
+//   - Finish applies a job's final Outcome only while the asset is
+//     processing under jobID, and in the same atomic update sets EventID
+//     and EventPending=true. Otherwise ErrConflict: the job is a repeat and
+//     must be acknowledged without work.
+//   - Reprocess moves a failed asset to processing under newJobID, clearing
+//     the previous outcome (ErrConflict if it is not failed).
+//   - PendingEvents returns assets whose event is owed, oldest first;
+//     EventSent clears the mark only if eventID is still the owed one.
+//   - Delete removes assets by id (missing ids are ignored); it exists so
+//     that a backend pair without a shared transaction can undo a Create.
+type Store interface {
+	Create(ctx context.Context, assets ...*Asset) error
+	Get(ctx context.Context, id string) (*Asset, error)
+	List(ctx context.Context, userID string, q ListQuery) (Page, error)
+	RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error
+	Finish(ctx context.Context, id, jobID string, out Outcome) (*Asset, error)
+	Reprocess(ctx context.Context, id, newJobID string, now time.Time) (*Asset, error)
+	PendingEvents(ctx context.Context, limit int) ([]*Asset, error)
+	EventSent(ctx context.Context, id, eventID string) error
+	Delete(ctx context.Context, ids ...string) error
+	Ping(ctx context.Context) error
+}

@@ -1,0 +1,104 @@
+package config
+
+import (
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+	c, rest, err := Load("serve", nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != 0 {
+		t.Fatalf("rest = %v", rest)
+	}
+	want := Config{
+		Addr: ":8080", DataDir: "./data", AITimeout: 30 * time.Second,
+		WorkerConcurrency: 16, JobMaxRetries: 3, JobBackoff: 2 * time.Second,
+		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000,
+		LogLevel: slog.LevelInfo, LogFormat: "json",
+	}
+	if *c != want {
+		t.Fatalf("defaults:\n got %+v\nwant %+v", *c, want)
+	}
+	if !c.Embedded() {
+		t.Fatal("defaults are not embedded")
+	}
+}
+
+func TestFlagOverridesEnv(t *testing.T) {
+	t.Parallel()
+	c, rest, err := Load("serve", []string{"-addr", "127.0.0.1:9", "-max-file-bytes", "500KB", "extra"},
+		env(map[string]string{"ADDR": ":1", "WORKER_CONCURRENCY": "4", "AI_SERVICE_URL": "http://ai.local/"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "127.0.0.1:9" || c.MaxFileBytes != 500_000 || c.WorkerConcurrency != 4 || c.AIServiceURL != "http://ai.local" {
+		t.Fatalf("got %+v", c)
+	}
+	if len(rest) != 1 || rest[0] != "extra" {
+		t.Fatalf("rest = %v", rest)
+	}
+}
+
+func TestInvalidValuesNameTheVariable(t *testing.T) {
+	t.Parallel()
+	cases := map[string]map[string]string{
+		"WORKER_CONCURRENCY": {"WORKER_CONCURRENCY": "0"},
+		"JOB_BACKOFF":        {"JOB_BACKOFF": "soon"},
+		"MAX_FILE_BYTES":     {"MAX_FILE_BYTES": "10 potatoes"},
+		"MAX_PIXELS":         {"MAX_PIXELS": "-1"},
+		"AI_SERVICE_URL":     {"AI_SERVICE_URL": "ftp://x"},
+		"LOG_LEVEL":          {"LOG_LEVEL": "loud"},
+		"LOG_FORMAT":         {"LOG_FORMAT": "xml"},
+		"JWT_SECRET":         {"JWT_SECRET": "short"},
+		"REDIS_URL":          {"REDIS_URL": "localhost:6379"},
+		"MONGODB_URI":        {"MONGODB_URI": "localhost"},
+	}
+	for name, m := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			_, _, err := Load("serve", nil, env(m), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Fatalf("err = %v, want one naming %s", err, name)
+			}
+		})
+	}
+}
+
+func TestScaleOutRequiresSecret(t *testing.T) {
+	t.Parallel()
+	_, _, err := Load("serve", nil, env(map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "JWT_SECRET") {
+		t.Fatalf("err = %v", err)
+	}
+	c, _, err := Load("serve", nil, env(map[string]string{
+		"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": strings.Repeat("k", 32)}), io.Discard)
+	if err != nil || c.Embedded() {
+		t.Fatalf("c = %+v, err = %v", c, err)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]int64{"10MiB": 10 << 20, "500KB": 500_000, "1048576": 1 << 20, "2 MB": 2_000_000, "1GiB": 1 << 30, "7B": 7} {
+		got, err := ParseBytes(in)
+		if err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5MB", "99999999999GiB"} {
+		if _, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) succeeded", in)
+		}
+	}
+}
