@@ -1,0 +1,414 @@
+package ai
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// DefaultTimeout is the per-request timeout when ClientConfig.Timeout is unset
+// (AI_TIMEOUT's default).
+const DefaultTimeout = 30 * time.Second
+
+// ClientConfig configures the AI service client.
+type ClientConfig struct {
+	// BaseURL is AI_SERVICE_URL: an http or https URL; requests go to
+	// {BaseURL}/analyze (a path in BaseURL is kept as a prefix).
+	BaseURL string
+	// Token is AI_SERVICE_TOKEN, sent as "Authorization: Bearer {Token}" when
+	// not empty. It never appears in errors or logs.
+	Token string
+	// Timeout bounds one request, from connecting until the response body is
+	// read (AI_TIMEOUT). Zero or negative means DefaultTimeout.
+	Timeout time.Duration
+	// HTTPClient sends the requests; nil means a client with its own clone of
+	// http.DefaultTransport. Its redirect policy is overridden: a redirect is
+	// returned as an unexpected status, because a streamed body cannot be
+	// sent twice.
+	HTTPClient *http.Client
+	// Now reads the clock for Retry-After dates; nil means time.Now.
+	Now func() time.Time
+	// Logger receives a debug line per failed request with the full cause;
+	// nil discards.
+	Logger *slog.Logger
+}
+
+// Client is the Analyzer backed by the external AI service (DESIGN.md §5).
+// It streams the image: memory per request is constant, whatever the size.
+type Client struct {
+	endpoint string
+	token    string
+	timeout  time.Duration
+	hc       *http.Client
+	now      func() time.Time
+	log      *slog.Logger
+}
+
+var _ Analyzer = (*Client)(nil)
+
+// errRequestTimeout is the cause of a request's own AI_TIMEOUT deadline, to
+// tell it apart from the caller's context ending.
+var errRequestTimeout = errors.New("ai: request timeout")
+
+// errRequestDone stops the multipart writer once the exchange is over.
+var errRequestDone = errors.New("ai: request finished")
+
+// NewClient returns a Client for the AI service at cfg.BaseURL.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("ai: service URL: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("ai: service URL %q: want http://host[:port][/path] or https://…", u.Redacted())
+	}
+	u.RawQuery, u.Fragment = "", ""
+	endpoint := u.JoinPath("analyze").String()
+
+	hc := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	if cfg.HTTPClient != nil {
+		c := *cfg.HTTPClient
+		hc = &c
+	}
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	c := &Client{
+		endpoint: endpoint,
+		token:    cfg.Token,
+		timeout:  cfg.Timeout,
+		hc:       hc,
+		now:      cfg.Now,
+		log:      cfg.Logger,
+	}
+	if c.timeout <= 0 {
+		c.timeout = DefaultTimeout
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Analyze sends img to the AI service and returns its JSON object. See the
+// package documentation for how failures are classified.
+func (c *Client) Analyze(ctx context.Context, img Image) (json.RawMessage, error) {
+	if img.Body == nil {
+		return nil, &Error{Code: CodeInternal, Permanent: true, Message: "ai: image has no body"}
+	}
+	if ctx.Err() != nil {
+		return nil, contextError(ctx)
+	}
+	parent := ctx
+	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errRequestTimeout)
+	defer cancel()
+
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	written := make(chan error, 1)
+	go func() {
+		err := writeForm(mw, img)
+		pw.CloseWithError(err) // nil: the reader sees EOF
+		written <- err
+	}()
+	// finish stops the writer (it may be blocked on a server that answered
+	// without reading the whole body) and waits for it, so img.Body is never
+	// read after Analyze returns. It yields the writer's error.
+	finish := func() error {
+		pr.CloseWithError(errRequestDone)
+		err := <-written
+		if errors.Is(err, errRequestDone) || errors.Is(err, io.ErrClosedPipe) {
+			return nil
+		}
+		return err
+	}
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, pr)
+	if err != nil {
+		finish()
+		return nil, &Error{Code: CodeInternal, Permanent: true, Message: "ai: building the request failed", Err: err}
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+
+	start := c.now()
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if werr := finish(); werr != nil {
+			err = werr
+		}
+		return nil, c.fail(img, start, c.transportError(parent, ctx, err))
+	}
+	result, err := c.readResponse(parent, ctx, resp)
+	if werr := finish(); werr != nil && err == nil {
+		// The service answered although the image could not be read in full:
+		// its answer is about a different image than the stored one.
+		err = readImageError(werr)
+	}
+	if err != nil {
+		return nil, c.fail(img, start, err)
+	}
+	return result, nil
+}
+
+func (c *Client) fail(img Image, start time.Time, err error) error {
+	c.log.Debug("ai service request failed",
+		"assetId", img.AssetID,
+		"code", Code(err),
+		"permanent", IsPermanent(err),
+		"elapsed", c.now().Sub(start),
+		"err", errors.Unwrap(err))
+	return err
+}
+
+// writeForm writes the assetId field first, so that a streaming server knows
+// the asset before the image arrives, then the image part.
+func writeForm(mw *multipart.Writer, img Image) error {
+	if err := mw.WriteField("assetId", img.AssetID); err != nil {
+		return err
+	}
+	ct := img.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h := make(textproto.MIMEHeader)
+	h.Set("Content-Disposition", mime.FormatMediaType("form-data", map[string]string{
+		"name":     "image",
+		"filename": img.AssetID + extension(img.ContentType),
+	}))
+	h.Set("Content-Type", ct)
+	part, err := mw.CreatePart(h)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(part, readerOnly{img.Body}); err != nil {
+		if errors.Is(err, errRequestDone) || errors.Is(err, io.ErrClosedPipe) {
+			return err
+		}
+		return &imageReadError{err}
+	}
+	return mw.Close()
+}
+
+// readerOnly hides a WriterTo/ReaderFrom so that io.Copy reads the image in
+// bounded chunks instead of, say, handing the pipe to an *os.File.
+type readerOnly struct{ io.Reader }
+
+// imageReadError marks a failure to read the stored image, as opposed to a
+// failure to write to the service.
+type imageReadError struct{ err error }
+
+func (e *imageReadError) Error() string { return "reading the stored image: " + e.err.Error() }
+func (e *imageReadError) Unwrap() error { return e.err }
+
+func readImageError(err error) error {
+	return &Error{Code: CodeImageUnreadable, Message: "could not read the stored image", Err: err}
+}
+
+// transportError classifies a failed round trip; every case is retryable.
+func (c *Client) transportError(parent, ctx context.Context, err error) error {
+	var ire *imageReadError
+	switch {
+	case errors.As(err, &ire):
+		return readImageError(err)
+	case parent.Err() != nil:
+		return contextError(parent)
+	case errors.Is(context.Cause(ctx), errRequestTimeout):
+		return &Error{Code: CodeTimeout, Message: fmt.Sprintf("AI service did not answer within %s", c.timeout), Err: err}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &Error{Code: CodeTimeout, Message: "AI service timed out", Err: err}
+	}
+	return &Error{Code: CodeUnavailable, Message: "AI service unreachable: " + networkReason(err), Err: err}
+}
+
+// networkReason names a network failure without the addresses in err's text:
+// the message reaches end users, who have no business with internal hosts.
+func networkReason(err error) string {
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset"
+	case errors.As(err, &dnsErr):
+		return "host not found"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before a response"
+	case strings.Contains(err.Error(), "tls:") || strings.Contains(err.Error(), "x509:"):
+		return "TLS handshake failed"
+	}
+	return "network error"
+}
+
+// readResponse turns the service's answer into the result or a classified
+// error, and always leaves resp.Body drained (within limits) and closed.
+func (c *Client) readResponse(parent, ctx context.Context, resp *http.Response) (json.RawMessage, error) {
+	defer func() {
+		// Draining lets the connection be reused; a body that goes on is
+		// abandoned instead, which closes the connection.
+		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+		resp.Body.Close()
+	}()
+
+	if resp.StatusCode != http.StatusOK {
+		return nil, c.statusError(resp)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxResultBytes+1))
+	if err != nil {
+		terr := c.transportError(parent, ctx, err)
+		if e, ok := terr.(*Error); ok && e.Code == CodeUnavailable {
+			e.Message = "AI service response was cut off: " + networkReason(err)
+		}
+		return nil, terr
+	}
+	if len(data) > MaxResultBytes {
+		return nil, &Error{
+			Code:      CodeResponseTooLarge,
+			Permanent: true,
+			Message:   fmt.Sprintf("AI service result is larger than the %d KiB limit", MaxResultBytes>>10),
+		}
+	}
+	if !json.Valid(data) {
+		return nil, &Error{
+			Code:    CodeBadResponse,
+			Message: fmt.Sprintf("AI service returned invalid JSON (%d bytes): %s", len(data), c.snippet(data)),
+		}
+	}
+	if kind := jsonKind(data); kind != "object" {
+		return nil, &Error{
+			Code:      CodeBadResponse,
+			Permanent: true,
+			Message:   fmt.Sprintf("AI service returned a JSON %s; expected an object", kind),
+		}
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, data); err != nil { // cannot fail on valid JSON
+		return nil, &Error{Code: CodeBadResponse, Message: "AI service returned invalid JSON", Err: err}
+	}
+	return out.Bytes(), nil
+}
+
+// jsonKind names the type of the valid JSON value data.
+func jsonKind(data []byte) string {
+	switch bytes.TrimLeft(data, " \t\r\n")[0] {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
+// statusError classifies a non-200 answer.
+func (c *Client) statusError(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+	detail := ""
+	if s := c.snippet(body); s != "" {
+		detail = ": " + s
+	}
+	status := resp.Status
+	if status == "" {
+		status = strconv.Itoa(resp.StatusCode)
+	}
+	cause := fmt.Errorf("ai: POST /analyze: %s", status)
+	code := resp.StatusCode
+	switch {
+	case code == http.StatusRequestTimeout:
+		return &Error{Code: CodeTimeout, Message: "AI service timed out receiving the image (" + status + ")" + detail, Err: cause}
+	case code == http.StatusTooManyRequests:
+		d, _ := c.retryAfter(resp.Header.Get("Retry-After"))
+		return &Error{Code: CodeRateLimited, Message: "AI service is rate limiting (" + status + ")" + detail, RetryAfter: d, Err: cause}
+	case code >= 500:
+		var d time.Duration
+		if code == http.StatusServiceUnavailable {
+			d, _ = c.retryAfter(resp.Header.Get("Retry-After"))
+		}
+		return &Error{Code: CodeUnavailable, Message: "AI service failed (" + status + ")" + detail, RetryAfter: d, Err: cause}
+	case code >= 400:
+		return &Error{Code: CodeRejected, Permanent: true, Message: "AI service rejected the image (" + status + ")" + detail, Err: cause}
+	}
+	return &Error{Code: CodeBadResponse, Permanent: true, Message: "AI service answered " + status + ", expected 200 OK", Err: cause}
+}
+
+// retryAfter parses a Retry-After value: delta-seconds or an HTTP date. It
+// reports false for a missing or unparsable value and for a delay that is
+// not in the future; the delay is capped at MaxRetryAfter.
+func (c *Client) retryAfter(v string) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs > int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter, true
+		}
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(c.now())
+	} else {
+		return 0, false
+	}
+	if d <= 0 {
+		return 0, false
+	}
+	return min(d, MaxRetryAfter), true
+}
+
+// snippet renders the start of a remote body for a user-facing message: one
+// line of printable text, at most maxSnippet bytes, the token redacted.
+const maxSnippet = 200
+
+func (c *Client) snippet(body []byte) string {
+	text := string(body)
+	if c.token != "" {
+		text = strings.ReplaceAll(text, c.token, "[redacted]")
+	}
+	var b strings.Builder
+	space := false
+	for _, r := range text {
+		if r == utf8.RuneError || unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		if b.Len()+utf8.RuneLen(r) > maxSnippet {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

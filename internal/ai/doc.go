@@ -1,0 +1,40 @@
+// Package ai analyses one stored image, either through the external AI service
+// (Client) or with the pure-Go built-in analyzer (Builtin), behind one
+// interface, Analyzer, that the background worker calls once per job attempt.
+//
+// # Result
+//
+// A successful Analyze returns a JSON object of at most MaxResultBytes bytes;
+// the worker stores it verbatim as the asset's aiMetadata. Nothing else is a
+// success: an empty body, a JSON array or a truncated object is an error.
+//
+// # Errors
+//
+// Every error carries a stable code (Code) that the worker copies into the
+// asset's error.code, and its Error() text is written for the person who
+// uploaded the image: it never contains the service token, image bytes, or
+// more than a short snippet of what the AI service answered. The underlying
+// cause stays reachable through errors.Is and errors.As.
+//
+// Errors are retryable unless IsPermanent reports true. The worker fails a job
+// at once on a permanent error and retries the rest with backoff, waiting at
+// least RetryAfter when the service asked for a delay. The classification,
+// following DESIGN.md §4–§5:
+//
+//	AI service 408, 5xx, timeouts, connection errors  retryable (ai_timeout, ai_unavailable)
+//	AI service 429                                    retryable (ai_rate_limited), Retry-After honoured
+//	AI service 503 with Retry-After                   retryable (ai_unavailable), Retry-After honoured
+//	AI service other 4xx                              permanent (ai_rejected)
+//	AI service 200, body over MaxResultBytes          permanent (ai_response_too_large)
+//	AI service 200, invalid JSON                      retryable (ai_bad_response): usually a cut-off body
+//	AI service 200, valid JSON but not an object      permanent (ai_bad_response)
+//	AI service 1xx, 3xx, 2xx other than 200           permanent (ai_bad_response): a misconfigured URL
+//	image bytes whose pixels cannot be decoded        permanent (image_undecodable)
+//	image in a format the analyzer cannot read        permanent (image_unsupported)
+//	image over the configured pixel or byte limit     permanent (image_too_large)
+//	reading the stored image failed                   retryable (image_unreadable)
+//	ctx ended by the caller                           retryable (ai_canceled, or ai_timeout for a deadline)
+//
+// Retry-After is read as delta-seconds or an HTTP date, and capped at
+// MaxRetryAfter so that a confused service cannot park a job for hours.
+package ai
