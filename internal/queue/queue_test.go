@@ -1,0 +1,102 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/klectr/klectr/internal/queue"
+)
+
+func TestPolicyDelayDoublesWithinJitter(t *testing.T) {
+	t.Parallel()
+	p := queue.Policy{Retries: 3, Backoff: 2 * time.Second}
+	for attempt, nominal := range map[int]time.Duration{1: 2 * time.Second, 2: 4 * time.Second, 3: 8 * time.Second} {
+		lo := time.Duration(float64(nominal) * (1 - queue.Jitter))
+		hi := time.Duration(float64(nominal) * (1 + queue.Jitter))
+		seen := map[time.Duration]bool{}
+		for range 200 {
+			d := p.Delay(attempt)
+			if d < lo || d > hi {
+				t.Fatalf("Delay(%d) = %v, want within [%v, %v]", attempt, d, lo, hi)
+			}
+			seen[d] = true
+		}
+		if len(seen) < 2 {
+			t.Errorf("Delay(%d) gave one value in 200 draws: no jitter", attempt)
+		}
+	}
+	if got := p.Delay(1000); got > 24*time.Hour*12/10 || got <= 0 {
+		t.Errorf("Delay(1000) = %v, want capped near 24h", got)
+	}
+}
+
+func TestPolicyMaxAttemptsAndValidate(t *testing.T) {
+	t.Parallel()
+	if got := queue.DefaultPolicy().MaxAttempts(); got != 4 {
+		t.Errorf("DefaultPolicy().MaxAttempts() = %d, want 4 (3 retries + the first attempt)", got)
+	}
+	for _, p := range []queue.Policy{{Retries: -1, Backoff: time.Second}, {Retries: 1}} {
+		if p.Validate() == nil {
+			t.Errorf("%+v.Validate() = nil, want an error", p)
+		}
+	}
+	if err := (queue.Policy{Retries: 0, Backoff: time.Millisecond}).Validate(); err != nil {
+		t.Errorf("no retries is valid, got %v", err)
+	}
+}
+
+func TestErrorMarksSurviveWrapping(t *testing.T) {
+	t.Parallel()
+	base := errors.New("ai: 400")
+	perm := fmt.Errorf("pipeline: %w", queue.Permanent(base))
+	if !queue.IsPermanent(perm) || !errors.Is(perm, base) {
+		t.Errorf("wrapped Permanent lost its mark or its cause")
+	}
+	if queue.IsPermanent(base) || queue.Permanent(nil) != nil || queue.RetryAfter(nil, time.Second) != nil {
+		t.Errorf("unmarked or nil errors must stay so")
+	}
+	ra := fmt.Errorf("pipeline: %w", queue.RetryAfter(context.Canceled, 3*time.Second))
+	if d, ok := queue.RetryDelay(ra); !ok || d != 3*time.Second {
+		t.Errorf("RetryDelay = %v, %v; want 3s, true", d, ok)
+	}
+	if !errors.Is(ra, context.Canceled) {
+		t.Errorf("RetryAfter must keep its cause visible to errors.Is")
+	}
+	if _, ok := queue.RetryDelay(base); ok {
+		t.Errorf("RetryDelay of a plain error reported a delay")
+	}
+}
+
+func TestJobValidate(t *testing.T) {
+	t.Parallel()
+	good := queue.Job{ID: "01J", Queue: queue.AIProcessing, Payload: json.RawMessage(`{"a":1}`)}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("valid job: %v", err)
+	}
+	for name, j := range map[string]queue.Job{
+		"no id":        {Queue: "q", Payload: json.RawMessage(`1`)},
+		"no queue":     {ID: "x", Payload: json.RawMessage(`1`)},
+		"no payload":   {ID: "x", Queue: "q"},
+		"invalid json": {ID: "x", Queue: "q", Payload: json.RawMessage(`{`)},
+	} {
+		if j.Validate() == nil {
+			t.Errorf("%s: Validate() = nil", name)
+		}
+	}
+}
+
+func TestStates(t *testing.T) {
+	t.Parallel()
+	for _, s := range queue.States() {
+		if !s.Valid() {
+			t.Errorf("%q not Valid", s)
+		}
+	}
+	if queue.State("discarded").Valid() {
+		t.Errorf("a River state leaked into ours")
+	}
+}
