@@ -46,6 +46,8 @@ var (
 	ErrConflict = errors.New("asset: state conflict")
 	// ErrDuplicate: Create with an id that already exists.
 	ErrDuplicate = errors.New("asset: duplicate id")
+	// ErrInvalidCursor: List with a cursor the store did not issue.
+	ErrInvalidCursor = errors.New("asset: invalid cursor")
 )
 
 // Asset is one uploaded image and what is known about it.

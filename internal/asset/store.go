@@ -13,7 +13,8 @@ import (
 //     caller's: the HTTP layer treats another user's asset as not found.
 //   - List returns only userID's assets, newest first (CreatedAt, then ID,
 //     descending), filtered by status, paginated by an opaque cursor that
-//     stays valid while assets are added.
+//     stays valid while assets are added; a cursor it did not issue gives
+//     ErrInvalidCursor.
 //   - RecordAttempt sets Attempts while the asset is processing under jobID;
 //     otherwise ErrConflict.
 //   - Finish applies a job's final Outcome only while the asset is
