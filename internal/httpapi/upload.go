@@ -1,0 +1,331 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/imageinfo"
+	"github.com/klectr/klectr/internal/pipeline"
+	"github.com/klectr/klectr/internal/queue"
+)
+
+// uploadField is the multipart field that carries the images.
+const uploadField = "images"
+
+// maxTextField bounds a non-file form field, which is read and ignored.
+const maxTextField = 64 << 10
+
+// stored is one file of a request, written to the blob store and inspected.
+type stored struct {
+	key      string
+	filename string
+	size     int64
+	sha256   string
+	info     imageinfo.Info
+}
+
+// analyzeQueue is POST /api/assets/analyze-queue: stream every file of field
+// "images" to the blob store (hashing on the way), check its type and size
+// from its bytes, and commit all assets and their jobs at once. Any refusal
+// removes every blob the request wrote: a request is all or nothing.
+func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	user := claims(r).UserID
+	if s.Limiter != nil {
+		if ok, wait := s.Limiter.Allow(user); !ok {
+			e := errorf(codeRateLimited, "too many uploads; retry in %s", wait.Round(time.Second))
+			e.retryAfter = wait
+			s.writeError(w, r, e)
+			return
+		}
+	}
+
+	files, apiErr := s.receive(w, r)
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		keys := make([]string, len(files))
+		for i, f := range files {
+			keys[i] = f.key
+		}
+		if err := s.Blobs.Delete(context.WithoutCancel(ctx), keys...); err != nil {
+			s.log.ErrorContext(ctx, "removing the blobs of a refused upload", "userId", user, "err", err)
+		}
+	}()
+	if apiErr != nil {
+		if apiErr.Code == codeRequestTimeout || apiErr.Code == codeFileTooLarge {
+			// The rest of the body is not worth reading.
+			w.Header().Set("Connection", "close")
+		}
+		s.writeError(w, r, apiErr)
+		return
+	}
+
+	now := s.Now().UTC().Truncate(time.Millisecond)
+	assets := make([]*asset.Asset, len(files))
+	jobs := make([]queue.Job, len(files))
+	for i, f := range files {
+		a := &asset.Asset{
+			ID:              s.NewID(),
+			UserID:          user,
+			Status:          asset.StatusProcessing,
+			ProcessingJobID: s.NewID(),
+			Filename:        f.filename,
+			ContentType:     f.info.ContentType,
+			Size:            f.size,
+			SHA256:          f.sha256,
+			Width:           f.info.Width,
+			Height:          f.info.Height,
+			BlobKey:         f.key,
+			CreatedAt:       now,
+			UpdatedAt:       now,
+		}
+		job, err := pipeline.NewJob(a, now)
+		if err != nil {
+			s.writeError(w, r, internalError(codeInternal, err))
+			return
+		}
+		assets[i], jobs[i] = a, job
+	}
+	if err := s.Intake.Submit(ctx, assets, jobs); err != nil {
+		s.writeError(w, r, internalError(codeUnavailable, err))
+		return
+	}
+	ok = true
+
+	type accepted struct {
+		AssetID  string `json:"assetId"`
+		JobID    string `json:"jobId"`
+		Status   string `json:"status"`
+		Filename string `json:"filename"`
+	}
+	out := make([]accepted, len(assets))
+	for i, a := range assets {
+		out[i] = accepted{a.ID, a.ProcessingJobID, string(a.Status), a.Filename}
+		s.log.InfoContext(ctx, "asset accepted", "assetId", a.ID, "jobId", a.ProcessingJobID, "userId", user,
+			"contentType", a.ContentType, "size", a.Size, "width", a.Width, "height", a.Height)
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"assets": out})
+}
+
+// receive reads the multipart body. It returns every file it stored, also
+// when it fails, so that the caller can remove them.
+func (s *Server) receive(w http.ResponseWriter, r *http.Request) ([]stored, *apiError) {
+	lim := s.Limits
+	maxBody := int64(lim.MaxFiles)*lim.MaxFileBytes + 1<<20 // files plus multipart framing
+	if r.ContentLength > maxBody {
+		return nil, errorf(codeFileTooLarge, "the request is %s; at most %d files of %s each are accepted",
+			formatBytes(r.ContentLength), lim.MaxFiles, formatBytes(lim.MaxFileBytes))
+	}
+	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		return nil, errorf(codeBadRequest, "the body must be multipart/form-data with files in field %q", uploadField)
+	}
+
+	rc := http.NewResponseController(w)
+	body := &progressReader{
+		r:      http.MaxBytesReader(w, r.Body, maxBody),
+		min:    lim.MinBodyBytes,
+		window: lim.BodyWindow,
+		extend: func(d time.Duration) { rc.SetReadDeadline(time.Now().Add(d)) },
+	}
+	body.extend(lim.BodyWindow)
+	mr := multipart.NewReader(body, params["boundary"])
+
+	var files []stored
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return files, s.bodyError(lim, body.err, err)
+		}
+		index := len(files)
+		if part.FormName() != uploadField {
+			if part.FileName() != "" {
+				return files, errorf(codeBadRequest, "unknown file field %q; send images in field %q", part.FormName(), uploadField)
+			}
+			// A plain text field: read and ignore, bounded.
+			if n, err := io.Copy(io.Discard, io.LimitReader(part, maxTextField+1)); err != nil {
+				return files, s.bodyError(lim, body.err, err)
+			} else if n > maxTextField {
+				return files, errorf(codeBadRequest, "form field %q is longer than %d bytes", part.FormName(), maxTextField)
+			}
+			continue
+		}
+		if index == lim.MaxFiles {
+			e := fileError(index, codeTooManyFiles, "more than %d files in one request; the limit is %d", lim.MaxFiles, lim.MaxFiles)
+			return files, e
+		}
+		f, apiErr := s.storePart(r.Context(), index, part, body)
+		if f.key != "" {
+			files = append(files, f)
+		}
+		if apiErr != nil {
+			return files, apiErr
+		}
+	}
+	if len(files) == 0 {
+		return nil, errorf(codeNoFiles, "no file in field %q", uploadField)
+	}
+	return files, nil
+}
+
+// storePart streams one file to the blob store, hashing and counting it,
+// then reads its header back to decide its type and dimensions.
+func (s *Server) storePart(ctx context.Context, index int, part *multipart.Part, body *progressReader) (stored, *apiError) {
+	lim := s.Limits
+	f := stored{filename: cleanFilename(part.FileName())}
+	h := sha256.New()
+	src := &countingReader{r: io.LimitReader(part, lim.MaxFileBytes+1), h: h}
+	key, err := s.Blobs.Put(ctx, src)
+	if err != nil {
+		if src.err != nil {
+			return f, s.bodyError(lim, body.err, src.err)
+		}
+		return f, internalError(codeUnavailable, fmt.Errorf("store image %d: %w", index, err))
+	}
+	f.key, f.size, f.sha256 = key, src.n, hex.EncodeToString(h.Sum(nil))
+	if f.size > lim.MaxFileBytes {
+		return f, fileError(index, codeFileTooLarge, "image %d is over the limit of %s per file", index, formatBytes(lim.MaxFileBytes))
+	}
+
+	rc, err := s.Blobs.Open(ctx, key)
+	if err != nil {
+		return f, internalError(codeUnavailable, fmt.Errorf("read back image %d: %w", index, err))
+	}
+	info, err := imageinfo.Inspect(rc)
+	rc.Close()
+	switch {
+	case errors.Is(err, imageinfo.ErrUnsupported):
+		return f, fileError(index, codeUnsupported, "image %d is not a JPEG, PNG, WebP or HEIC/HEIF image", index)
+	case errors.Is(err, imageinfo.ErrInvalid):
+		return f, fileError(index, codeInvalidImage, "image %d has an unreadable header: %v", index, err)
+	case err != nil:
+		return f, internalError(codeUnavailable, fmt.Errorf("inspect image %d: %w", index, err))
+	}
+	if info.Pixels() > lim.MaxPixels {
+		return f, fileError(index, codeInvalidImage, "image %d is %dx%d (%.1f megapixels); the limit is %.1f megapixels",
+			index, info.Width, info.Height, float64(info.Pixels())/1e6, float64(lim.MaxPixels)/1e6)
+	}
+	f.info = info
+	return f, nil
+}
+
+// bodyError explains why the request body could not be read. readErr is the
+// underlying read error, if the body reader saw one.
+func (s *Server) bodyError(lim Limits, readErr, err error) *apiError {
+	if readErr == nil {
+		readErr = err
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(readErr, &tooBig):
+		return errorf(codeFileTooLarge, "the request is larger than %s; at most %d files of %s each are accepted",
+			formatBytes(tooBig.Limit), lim.MaxFiles, formatBytes(lim.MaxFileBytes))
+	case errors.Is(readErr, os.ErrDeadlineExceeded):
+		return errorf(codeRequestTimeout, "the upload stalled: less than %s arrived in %s", formatBytes(lim.MinBodyBytes), lim.BodyWindow)
+	}
+	return errorf(codeBadRequest, "the multipart body is malformed: %v", err)
+}
+
+// progressReader extends the connection's read deadline each time min more
+// bytes have arrived: a progress deadline rather than a fixed total, so a
+// large upload on a slow but moving network completes while a trickle is
+// cut off after one window. It remembers the first read error.
+type progressReader struct {
+	r      io.Reader
+	min    int64
+	window time.Duration
+	extend func(time.Duration)
+	n      int64
+	err    error
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	if p.n >= p.min {
+		p.n = 0
+		p.extend(p.window)
+	}
+	if err != nil && err != io.EOF && p.err == nil {
+		p.err = err
+	}
+	return n, err
+}
+
+// countingReader hashes and counts what passes through and remembers the
+// read error, so that a failed Put can tell a broken body from a full disk.
+type countingReader struct {
+	r   io.Reader
+	h   hash.Hash
+	n   int64
+	err error
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	c.h.Write(b[:n])
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return n, err
+}
+
+// cleanFilename keeps the client's file name as data only: valid UTF-8, no
+// control characters, no directory part, at most 255 bytes.
+func cleanFilename(name string) string {
+	name = strings.ToValidUTF8(name, "")
+	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
+		name = name[i+1:]
+	}
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == '/' || r == '\\' {
+			return -1
+		}
+		return r
+	}, name)
+	name = strings.TrimSpace(name)
+	if name == "." || name == ".." {
+		return ""
+	}
+	for len(name) > 255 {
+		_, size := utf8.DecodeLastRuneInString(name)
+		name = name[:len(name)-size]
+	}
+	return name
+}
+
+// formatBytes writes n for people: 10 MiB, 512 KiB, 300 bytes.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

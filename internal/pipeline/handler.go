@@ -1,0 +1,278 @@
+// Package pipeline is the job handler of the ai-processing queue: it takes a
+// job's image from the blob store, has it analysed, records the asset's
+// final state and publishes the asset_processed event.
+//
+// Guarantees, and how they are kept:
+//   - Idempotent: a delivery for an asset that is no longer processing under
+//     the job's id is acknowledged without work (queue delivery is at least
+//     once).
+//   - The analyzer is never called inside a database transaction; the final
+//     state is one atomic Store.Finish that also records the event as owed
+//     (the outbox). The event is published after that commit and the mark is
+//     cleared once it is out; Relay re-publishes marks a crash left behind, so
+//     an event may repeat (same eventId) but never vanish.
+//   - Permanent failures (the AI service refused the image, the image cannot
+//     be decoded) fail the asset at once; retryable ones are retried by the
+//     queue with backoff, honouring the AI service's Retry-After, and the
+//     last attempt fails the asset.
+//   - A job that died without reaching its handler's last step (its worker
+//     killed on the last attempt) is found by Reconcile, which fails its
+//     asset, so every accepted asset ends draft or failed.
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/klectr/klectr/internal/ai"
+	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/queue"
+)
+
+// EventAssetProcessed is the realtime event sent when an asset reaches a
+// final state.
+const EventAssetProcessed = "asset_processed"
+
+// Store is what the pipeline reads and writes of the asset store.
+type Store interface {
+	Get(ctx context.Context, id string) (*asset.Asset, error)
+	RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error
+	Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error)
+	PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, error)
+	EventSent(ctx context.Context, id, eventID string) error
+}
+
+// Notifier delivers an event to every connected device of one user.
+type Notifier interface {
+	Send(ctx context.Context, userID, event string, data any) error
+}
+
+// Handler works ai-processing jobs. It implements queue.Handler.
+type Handler struct {
+	Store    Store
+	Blobs    blob.Store
+	Analyzer ai.Analyzer
+	Notifier Notifier
+	Log      *slog.Logger
+	Now      func() time.Time
+	NewID    func() string
+}
+
+var _ queue.Handler = (*Handler)(nil)
+
+// Event is the asset_processed payload (api/asset-processed-event.schema.json).
+type Event struct {
+	EventID     string          `json:"eventId"`
+	AssetID     string          `json:"assetId"`
+	JobID       string          `json:"jobId"`
+	UserID      string          `json:"userId"`
+	Status      string          `json:"status"` // completed or failed
+	AIMetadata  json.RawMessage `json:"aiMetadata"`
+	Error       *asset.Error    `json:"error"`
+	Attempts    int             `json:"attempts"`
+	ProcessedAt string          `json:"processedAt"`
+}
+
+// NewEvent builds the event of an asset's final state.
+func NewEvent(a *asset.Asset) Event {
+	ev := Event{
+		EventID: a.EventID, AssetID: a.ID, JobID: a.ProcessingJobID, UserID: a.UserID,
+		Status: "completed", AIMetadata: a.AIMetadata, Error: a.Error, Attempts: a.Attempts,
+	}
+	if a.Status == asset.StatusFailed {
+		ev.Status = "failed"
+	}
+	if len(ev.AIMetadata) == 0 {
+		ev.AIMetadata = json.RawMessage("null")
+	}
+	if a.ProcessedAt != nil {
+		ev.ProcessedAt = a.ProcessedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	}
+	return ev
+}
+
+// ProcessJob analyses the job's image and records the outcome.
+func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
+	p, err := DecodePayload(job)
+	if err != nil {
+		h.Log.ErrorContext(ctx, "undecodable job dropped", "jobId", job.ID, "err", err)
+		return queue.Permanent(err)
+	}
+	log := h.Log.With("jobId", job.ID, "assetId", p.AssetID, "userId", p.UserID, "attempt", job.Attempt)
+
+	a, err := h.Store.Get(ctx, p.AssetID)
+	if errors.Is(err, asset.ErrNotFound) {
+		log.WarnContext(ctx, "job for a missing asset acknowledged")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read asset: %w", err)
+	}
+	if a.Status != asset.StatusProcessing || a.ProcessingJobID != job.ID {
+		log.InfoContext(ctx, "repeat delivery acknowledged without work", "status", a.Status)
+		return nil
+	}
+	if err := h.Store.RecordAttempt(ctx, a.ID, job.ID, job.Attempt, h.Now()); errors.Is(err, asset.ErrConflict) {
+		log.InfoContext(ctx, "repeat delivery acknowledged without work")
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("record attempt: %w", err)
+	}
+
+	start := h.Now()
+	result, err := h.analyze(ctx, p)
+	if err == nil {
+		log.InfoContext(ctx, "analysis done", "duration", h.Now().Sub(start))
+		return h.finish(ctx, log, a, job, asset.Outcome{Status: asset.StatusDraft, AIMetadata: result})
+	}
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		// Shutdown or the job's timeout: not the image's fault. The queue
+		// puts the job back or retries it.
+		log.WarnContext(ctx, "analysis interrupted", "err", err)
+		return err
+	}
+
+	permanent := ai.IsPermanent(err)
+	last := job.Attempt >= job.MaxAttempts
+	log.WarnContext(ctx, "analysis failed", "err", err, "code", ai.Code(err), "permanent", permanent, "lastAttempt", last)
+	if permanent || last {
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: err.Error()}}
+		if ferr := h.finish(ctx, log, a, job, out); ferr != nil {
+			return ferr
+		}
+		if permanent {
+			return queue.Permanent(err)
+		}
+		return err
+	}
+	if d, ok := ai.RetryAfter(err); ok {
+		return queue.RetryAfter(err, d)
+	}
+	return err
+}
+
+func (h *Handler) analyze(ctx context.Context, p Payload) (json.RawMessage, error) {
+	rc, err := h.Blobs.Open(ctx, p.BlobKey)
+	if errors.Is(err, blob.ErrNotFound) {
+		return nil, &ai.Error{Code: ai.CodeImageUnreadable, Message: "the stored image is missing", Permanent: true, Err: err}
+	}
+	if err != nil {
+		return nil, &ai.Error{Code: ai.CodeImageUnreadable, Message: "the stored image cannot be read now", Err: err}
+	}
+	defer rc.Close()
+	return h.Analyzer.Analyze(ctx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+}
+
+// finish records the final state with its owed event, then publishes it.
+func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, job *queue.Job, out asset.Outcome) error {
+	out.Attempts = job.Attempt
+	out.ProcessedAt = h.Now()
+	out.EventID = h.NewID()
+	done, err := h.Store.Finish(ctx, a.ID, job.ID, out)
+	if errors.Is(err, asset.ErrConflict) {
+		log.InfoContext(ctx, "asset already final; repeat acknowledged")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("record outcome: %w", err)
+	}
+	log.InfoContext(ctx, "asset final", "status", done.Status, "eventId", done.EventID)
+	h.publish(ctx, log, done)
+	return nil
+}
+
+// publish sends the owed event and clears its mark. A failure is logged and
+// left to Relay: the mark stays, so the event is not lost.
+func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset) {
+	ctx = context.WithoutCancel(ctx)
+	if err := h.Notifier.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a)); err != nil {
+		log.WarnContext(ctx, "event not sent; the relay will retry", "eventId", a.EventID, "err", err)
+		return
+	}
+	if err := h.Store.EventSent(ctx, a.ID, a.EventID); err != nil {
+		log.WarnContext(ctx, "event sent but not marked; it may repeat", "eventId", a.EventID, "err", err)
+	}
+}
+
+// Relay publishes owed events older than minAge: those a crash or a failed
+// publish left behind. minAge keeps it from racing a handler that is about to
+// publish its own event; 0 is right only when no handler runs.
+func (h *Handler) Relay(ctx context.Context, minAge time.Duration) (int, error) {
+	pending, err := h.Store.PendingEvents(ctx, 100)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	cutoff := h.Now().Add(-minAge)
+	for _, a := range pending {
+		if a.UpdatedAt.After(cutoff) {
+			continue
+		}
+		h.publish(ctx, h.Log.With("assetId", a.ID, "jobId", a.ProcessingJobID, "userId", a.UserID), a)
+		n++
+	}
+	return n, nil
+}
+
+// DeadJobs is what Reconcile reads of the queue.
+type DeadJobs interface {
+	List(ctx context.Context, state queue.State, limit int) ([]queue.Info, error)
+}
+
+// Reconcile fails the asset of every dead job that left it processing: a
+// worker killed during a last attempt leaves such a job, which the queue
+// marks dead without running the handler again.
+func (h *Handler) Reconcile(ctx context.Context, jobs DeadJobs) (int, error) {
+	dead, err := jobs.List(ctx, queue.Dead, 1000)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, info := range dead {
+		job := &queue.Job{ID: info.ID, Payload: info.Payload, Attempt: info.Attempt, MaxAttempts: info.MaxAttempts}
+		p, err := DecodePayload(job)
+		if err != nil {
+			continue
+		}
+		a, err := h.Store.Get(ctx, p.AssetID)
+		if err != nil || a.Status != asset.StatusProcessing || a.ProcessingJobID != info.ID {
+			continue
+		}
+		msg := "the analysis did not finish"
+		if e := info.LastError(); e != "" {
+			msg += ": " + e
+		}
+		log := h.Log.With("jobId", info.ID, "assetId", a.ID, "userId", a.UserID)
+		log.WarnContext(ctx, "dead job left its asset processing; failing it")
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: "job_dead", Message: msg}}
+		if err := h.finish(ctx, log, a, job, out); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Maintain runs Relay and Reconcile every interval until ctx ends.
+func (h *Handler) Maintain(ctx context.Context, jobs DeadJobs, interval, relayAge time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := h.Relay(ctx, relayAge); err != nil && ctx.Err() == nil {
+			h.Log.WarnContext(ctx, "event relay failed", "err", err)
+		}
+		if _, err := h.Reconcile(ctx, jobs); err != nil && ctx.Err() == nil {
+			h.Log.WarnContext(ctx, "dead-job reconcile failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
