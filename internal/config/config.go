@@ -149,10 +149,14 @@ var settings = []setting{
 func flagName(env string) string { return strings.ReplaceAll(strings.ToLower(env), "_", "-") }
 
 // Load reads the settings from getenv, then from args (flags), and validates
-// them. It returns the remaining positional arguments.
-func Load(name string, args []string, getenv func(string) string, stderr io.Writer) (*Config, []string, error) {
+// them. It returns the remaining positional arguments. extra, if not nil,
+// registers a subcommand's own flags on the same set.
+func Load(name string, args []string, getenv func(string) string, stderr io.Writer, extra func(*flag.FlagSet)) (*Config, []string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	if extra != nil {
+		extra(fs)
+	}
 	values := make([]string, len(settings))
 	for i, s := range settings {
 		v := getenv(s.env)

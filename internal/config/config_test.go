@@ -14,7 +14,7 @@ func env(m map[string]string) func(string) string {
 
 func TestLoadDefaults(t *testing.T) {
 	t.Parallel()
-	c, rest, err := Load("serve", nil, env(nil), io.Discard)
+	c, rest, err := Load("serve", nil, env(nil), io.Discard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestLoadDefaults(t *testing.T) {
 func TestFlagOverridesEnv(t *testing.T) {
 	t.Parallel()
 	c, rest, err := Load("serve", []string{"-addr", "127.0.0.1:9", "-max-file-bytes", "500KB", "extra"},
-		env(map[string]string{"ADDR": ":1", "WORKER_CONCURRENCY": "4", "AI_SERVICE_URL": "http://ai.local/"}), io.Discard)
+		env(map[string]string{"ADDR": ":1", "WORKER_CONCURRENCY": "4", "AI_SERVICE_URL": "http://ai.local/"}), io.Discard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 	for name, m := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, _, err := Load("serve", nil, env(m), io.Discard)
+			_, _, err := Load("serve", nil, env(m), io.Discard, nil)
 			if err == nil || !strings.Contains(err.Error(), name) {
 				t.Fatalf("err = %v, want one naming %s", err, name)
 			}
@@ -77,12 +77,12 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 
 func TestScaleOutRequiresSecret(t *testing.T) {
 	t.Parallel()
-	_, _, err := Load("serve", nil, env(map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}), io.Discard)
+	_, _, err := Load("serve", nil, env(map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}), io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "JWT_SECRET") {
 		t.Fatalf("err = %v", err)
 	}
 	c, _, err := Load("serve", nil, env(map[string]string{
-		"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": strings.Repeat("k", 32)}), io.Discard)
+		"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": strings.Repeat("k", 32)}), io.Discard, nil)
 	if err != nil || c.Embedded() {
 		t.Fatalf("c = %+v, err = %v", c, err)
 	}
