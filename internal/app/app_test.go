@@ -1,0 +1,354 @@
+package app
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klectr/klectr/internal/auth"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestRunCommands(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cases := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		code     int
+		inStdout string
+		inStderr string
+	}{
+		{"no args prints help", nil, nil, 0, "klectr serve", ""},
+		{"help lists settings", []string{"help"}, nil, 0, "$MAX_FILE_BYTES", ""},
+		{"unknown command", []string{"frobnicate"}, nil, 2, "", `unknown command "frobnicate"`},
+		{"bad setting names the variable", []string{"serve"}, map[string]string{"WORKER_CONCURRENCY": "zero"}, 1, "", "WORKER_CONCURRENCY"},
+		{"scale-out needs a secret", []string{"serve"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, 1, "", "JWT_SECRET"},
+		{"token needs a user", []string{"token", "-data-dir", dir}, nil, 2, "", "exactly one user id"},
+		{"jobs needs a subcommand", []string{"jobs"}, nil, 2, "", "list, retry or delete"},
+		{"jobs list refuses a bad state", []string{"jobs", "list", "-data-dir", dir, "-state", "zombie"}, nil, 2, "", "jobs list"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			var out, errb bytes.Buffer
+			code := Run(context.Background(), c.args, envOf(c.env), &out, &errb)
+			if code != c.code || !strings.Contains(out.String(), c.inStdout) || !strings.Contains(errb.String(), c.inStderr) {
+				t.Fatalf("Run(%q) = %d\nstdout: %s\nstderr: %s", c.args, code, out.String(), errb.String())
+			}
+		})
+	}
+}
+
+func TestTokenUsesTheDataDirSecret(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	if code := Run(context.Background(), []string{"token", "-data-dir", dir, "-role", "admin", "alice"}, envOf(nil), &out, &errb); code != 0 {
+		t.Fatalf("token: %d %s", code, errb.String())
+	}
+	secret, err := os.ReadFile(filepath.Join(dir, "jwt-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := auth.NewKeys(bytes.TrimSpace(secret), nil).Verify(strings.TrimSpace(out.String()))
+	if err != nil || c.UserID != "alice" || !c.IsAdmin() {
+		t.Fatalf("claims %+v, %v", c, err)
+	}
+	if !strings.Contains(errb.String(), "JWT_SECRET is not set") {
+		t.Fatalf("no warning about the generated secret: %s", errb.String())
+	}
+}
+
+// server is a klectr serve running in this test process.
+type server struct {
+	t     *testing.T
+	url   string
+	dir   string
+	done  chan int
+	stop  context.CancelFunc
+	logs  *lockedBuffer
+	keys  *auth.Keys
+	alice string
+}
+
+type lockedBuffer struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.String()
+}
+
+// startServer runs `klectr serve` on a free loopback port with env on top
+// of a fresh data directory, and waits until it listens.
+func startServer(t *testing.T, env map[string]string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	secret := strings.Repeat("k", 32)
+	full := map[string]string{"ADDR": "127.0.0.1:0", "DATA_DIR": dir, "JWT_SECRET": secret, "LOG_LEVEL": "debug"}
+	for k, v := range env {
+		full[k] = v
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	s := &server{t: t, dir: dir, done: make(chan int, 1), stop: cancel, logs: &lockedBuffer{mu: make(chan struct{}, 1)},
+		keys: auth.NewKeys([]byte(secret), nil)}
+	s.alice, _ = s.keys.Sign("alice", "", time.Hour)
+	go func() {
+		s.done <- Run(ctx, []string{"serve"}, envOf(full), io.Discard, pw)
+		pw.Close()
+	}()
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Bytes()
+			s.logs.Write(append(append([]byte{}, line...), '\n'))
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(line, &rec) == nil && rec.Msg == "listening" {
+				addr <- rec.Addr
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		s.url = "http://" + a
+	case code := <-s.done:
+		t.Fatalf("serve exited with %d before listening:\n%s", code, s.logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("serve did not listen within 30s:\n%s", s.logs.String())
+	}
+	t.Cleanup(func() { s.shutdown() })
+	return s
+}
+
+// shutdown stops the server as SIGTERM would and returns its exit code.
+func (s *server) shutdown() int {
+	s.stop()
+	select {
+	case code := <-s.done:
+		s.done <- code
+		return code
+	case <-time.After(60 * time.Second):
+		s.t.Fatalf("serve did not stop within 60s:\n%s", s.logs.String())
+		return -1
+	}
+}
+
+func (s *server) do(method, path, token string, body io.Reader, contentType string) (*http.Response, []byte) {
+	s.t.Helper()
+	req, err := http.NewRequest(method, s.url+path, body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// upload posts files (paths under testdata/images) in field images.
+func (s *server) upload(token string, files ...string) (*http.Response, []byte) {
+	s.t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join("..", "..", "testdata", "images", f))
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		w, _ := mw.CreateFormFile("images", filepath.Base(f))
+		w.Write(data)
+	}
+	mw.Close()
+	return s.do("POST", "/api/assets/analyze-queue", token, &body, mw.FormDataContentType())
+}
+
+type assetReply struct {
+	ID, Status, ProcessingJobID string
+	Attempts                    int
+	Width, Height               int
+	AIMetadata                  map[string]any
+	Error                       *struct{ Code, Message string }
+}
+
+// waitFinal polls the asset until it leaves processing.
+func (s *server) waitFinal(token, id string) assetReply {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, b := s.do("GET", "/api/assets/"+id, token, nil, "")
+		if resp.StatusCode != 200 {
+			s.t.Fatalf("GET asset %s: %d %s", id, resp.StatusCode, b)
+		}
+		var a assetReply
+		if err := json.Unmarshal(b, &a); err != nil {
+			s.t.Fatal(err)
+		}
+		if a.Status != "processing" {
+			return a
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("asset %s still processing after 30s:\n%s", id, s.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// uploadOK uploads files and returns the accepted asset ids.
+func (s *server) uploadOK(token string, files ...string) []string {
+	s.t.Helper()
+	t := s.t
+	resp, b := s.upload(token, files...)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("upload: %d %s", resp.StatusCode, b)
+	}
+	var r struct{ Assets []struct{ AssetID, JobID, Status string } }
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, len(r.Assets))
+	for i, a := range r.Assets {
+		ids[i] = a.AssetID
+	}
+	return ids
+}
+
+// countFiles counts the blob files under the data directory.
+func countFiles(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	filepath.WalkDir(filepath.Join(dir, "blobs"), func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+func TestServeEveryFixtureEndsFinal(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	valid, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "images", "valid", "*"))
+	var names []string
+	for _, v := range valid {
+		names = append(names, filepath.Join("valid", filepath.Base(v)))
+	}
+	// Ten files per request at most (MAX_FILES).
+	var ids []string
+	for len(names) > 0 {
+		n := min(len(names), 10)
+		ids = append(ids, s.uploadOK(s.alice, names[:n]...)...)
+		names = names[n:]
+	}
+	for _, id := range ids {
+		a := s.waitFinal(s.alice, id)
+		if a.Status != "draft" || a.AIMetadata["provider"] != "builtin" || a.AIMetadata["width"] == nil || a.Attempts != 1 {
+			t.Errorf("asset %s: %+v", id, a)
+		}
+	}
+
+	// Pixel-corrupt PNGs have good headers: accepted, then failed at once.
+	for _, f := range []string{"invalid-noend.png", "invalid-trunc.png", "invalid-zlib.png"} {
+		ids := s.uploadOK(s.alice, filepath.Join("invalid", f))
+		a := s.waitFinal(s.alice, ids[0])
+		if a.Status != "failed" || a.Attempts != 1 || a.Error == nil || a.Error.Code != "image_undecodable" || a.AIMetadata != nil {
+			t.Errorf("%s: %+v", f, a)
+		}
+	}
+}
+
+func TestServeRefusedUploadLeavesNothing(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, map[string]string{"MAX_FILES": "3"})
+	before := countFiles(t, s.dir)
+	cases := []struct {
+		files  []string
+		status int
+		code   string
+	}{
+		{[]string{"valid/video-001.png", "valid/tux.lossless.webp", "unsupported/video-001.bmp"}, 415, "unsupported_media_type"},
+		{[]string{"valid/video-001.png", "invalid/bomb-30000x30000.png"}, 422, "invalid_image"},
+		{[]string{"valid/video-001.png", "invalid/invalid-crc32.png"}, 422, "invalid_image"},
+		{[]string{"valid/video-001.png", "valid/video-001.png", "valid/video-001.png", "valid/video-001.png"}, 400, "too_many_files"},
+		{[]string{"invalid/not-an-image.jpg"}, 415, "unsupported_media_type"},
+	}
+	for _, c := range cases {
+		resp, b := s.upload(s.alice, c.files...)
+		var e struct{ Error struct{ Code, Message string } }
+		json.Unmarshal(b, &e)
+		if resp.StatusCode != c.status || e.Error.Code != c.code {
+			t.Errorf("%v: %d %s, want %d %s", c.files, resp.StatusCode, b, c.status, c.code)
+		}
+	}
+	if n := countFiles(t, s.dir); n != before {
+		t.Errorf("refused uploads left %d blob files", n-before)
+	}
+	resp, b := s.do("GET", "/api/assets", s.alice, nil, "")
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"assets":[]`) {
+		t.Errorf("refused uploads left assets: %s", b)
+	}
+	admin, _ := s.keys.Sign("ops", "admin", time.Hour)
+	resp, b = s.do("GET", "/api/admin/queues", admin, nil, "")
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"pending":0`) || !strings.Contains(string(b), `"completed":0`) {
+		t.Errorf("refused uploads left jobs: %d %s", resp.StatusCode, b)
+	}
+}
+
+func TestServeIsolatesUsersAndStopsCleanly(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	ids := s.uploadOK(s.alice, "valid/video-001.png")
+	bob, _ := s.keys.Sign("bob", "", time.Hour)
+	if resp, b := s.do("GET", "/api/assets/"+ids[0], bob, nil, ""); resp.StatusCode != 404 {
+		t.Fatalf("bob reads alice's asset: %d %s", resp.StatusCode, b)
+	}
+	if resp, b := s.do("GET", "/api/assets", bob, nil, ""); !strings.Contains(string(b), `"assets":[]`) {
+		t.Fatalf("bob lists alice's assets: %d %s", resp.StatusCode, b)
+	}
+	s.waitFinal(s.alice, ids[0])
+	if code := s.shutdown(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	logs := s.logs.String()
+	order := []string{`"msg":"stopping"`, `"msg":"realtime server stopped"`, `"msg":"HTTP server stopped"`, `"msg":"worker stopped"`, `"msg":"stopped"`}
+	last := -1
+	for _, m := range order {
+		i := strings.Index(logs, m)
+		if i < last {
+			t.Fatalf("shutdown order: %s came before the step it follows (or is missing):\n%s", m, logs)
+		}
+		last = i
+	}
+}
