@@ -215,9 +215,9 @@ func (s *Server) storePart(ctx context.Context, index int, part *multipart.Part,
 	rc.Close()
 	switch {
 	case errors.Is(err, imageinfo.ErrUnsupported):
-		return f, fileError(index, codeUnsupported, "image %d is not a JPEG, PNG, WebP or HEIC/HEIF image", index)
+		return f, fileError(index, codeUnsupported, "image %d: %v", index, err)
 	case errors.Is(err, imageinfo.ErrInvalid):
-		return f, fileError(index, codeInvalidImage, "image %d has an unreadable header: %v", index, err)
+		return f, fileError(index, codeInvalidImage, "image %d: %v", index, err)
 	case err != nil:
 		return f, internalError(codeUnavailable, fmt.Errorf("inspect image %d: %w", index, err))
 	}
