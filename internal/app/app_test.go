@@ -233,7 +233,9 @@ func (s *server) uploadOK(token string, files ...string) []string {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("upload: %d %s", resp.StatusCode, b)
 	}
-	var r struct{ Assets []struct{ AssetID, JobID, Status string } }
+	var r struct {
+		Assets []struct{ AssetID, JobID, Status string }
+	}
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +308,9 @@ func TestServeRefusedUploadLeavesNothing(t *testing.T) {
 	}
 	for _, c := range cases {
 		resp, b := s.upload(s.alice, c.files...)
-		var e struct{ Error struct{ Code, Message string } }
+		var e struct {
+			Error struct{ Code, Message string }
+		}
 		json.Unmarshal(b, &e)
 		if resp.StatusCode != c.status || e.Error.Code != c.code {
 			t.Errorf("%v: %d %s, want %d %s", c.files, resp.StatusCode, b, c.status, c.code)
@@ -323,6 +327,16 @@ func TestServeRefusedUploadLeavesNothing(t *testing.T) {
 	resp, b = s.do("GET", "/api/admin/queues", admin, nil, "")
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"pending":0`) || !strings.Contains(string(b), `"completed":0`) {
 		t.Errorf("refused uploads left jobs: %d %s", resp.StatusCode, b)
+	}
+	_, b = s.do("GET", "/metrics", "", nil, "")
+	for _, want := range []string{
+		`klectr_http_request_duration_seconds_count{code="415",route="POST /api/assets/analyze-queue"} 2`,
+		`klectr_queue_jobs{state="pending"} 0`,
+		`klectr_realtime_sockets 0`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
 

@@ -113,20 +113,22 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	var srv *http.Server
 	serveErr := make(chan error, 1)
 	if m.api() {
+		mx := newMetrics(b.queue.Counts, rt.ConnectedSockets)
 		api := httpapi.New(httpapi.Deps{
-			Keys:   keys,
-			Assets: b.store,
-			Intake: b.intake,
-			Blobs:  b.blobs,
-			Jobs:   b.queue,
-			Limits: httpapi.Limits{MaxFiles: cfg.MaxFiles, MaxFileBytes: cfg.MaxFileBytes, MaxPixels: cfg.MaxPixels},
-			Log:    log.With("component", "http"),
-			NewID:  ids,
-			Ready:  b.ready,
-			Socket: rt,
+			Keys:    keys,
+			Assets:  b.store,
+			Intake:  b.intake,
+			Blobs:   b.blobs,
+			Jobs:    b.queue,
+			Limits:  httpapi.Limits{MaxFiles: cfg.MaxFiles, MaxFileBytes: cfg.MaxFileBytes, MaxPixels: cfg.MaxPixels},
+			Log:     log.With("component", "http"),
+			NewID:   ids,
+			Ready:   b.ready,
+			Socket:  rt,
+			Metrics: mx.handler(),
 		})
 		srv = &http.Server{
-			Handler:           api,
+			Handler:           mx.instrument(api),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
