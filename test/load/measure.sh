@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs one load measurement against a fresh `klectr serve` on loopback:
+#
+#   test/load/measure.sh builtin        # built-in analyzer
+#   test/load/measure.sh ai 0ms         # fake AI service answering at once
+#   test/load/measure.sh ai 50ms        # fake AI service answering after 50 ms
+#
+# Each run builds into $OUT (default /tmp/klectr-load), starts klectr on a
+# fresh DATA_DIR at 127.0.0.1 on a free port, uploads N requests of FILES
+# ~100 KB JPEGs from C workers, waits until every asset is final, prints the
+# figures and the server's peak RSS, then stops what it started. Extra
+# arguments after the scenario go to the upload tool (e.g. -wait=false).
+# Environment: N (2000), C (50), FILES (1), OUT, and any klectr setting
+# (WORKER_CONCURRENCY, ...), which is passed through to the server.
+set -euo pipefail
+
+scenario=${1:?usage: measure.sh builtin|ai <delay> [upload flags...]}
+shift
+delay=0ms
+if [[ $scenario == ai ]]; then
+	delay=${1:?usage: measure.sh ai <delay>}
+	shift
+fi
+OUT=${OUT:-/tmp/klectr-load}
+N=${N:-2000} C=${C:-50} FILES=${FILES:-1}
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$OUT"
+(cd "$repo" && go build -o "$OUT/klectr" ./cmd/klectr && go build -o "$OUT/upload" ./test/load/upload &&
+	go build -o "$OUT/fakeai" ./test/load/fakeai)
+
+run=$(mktemp -d "$OUT/run.XXXXXX")
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# waitfor FILE PATTERN: up to 30 s for a line matching PATTERN in FILE.
+waitfor() {
+	for _ in $(seq 300); do
+		grep -q "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "timed out waiting for $2 in $1" >&2
+	return 1
+}
+
+if [[ $scenario == ai ]]; then
+	"$OUT/fakeai" -delay "$delay" >"$run/fakeai.out" 2>"$run/fakeai.err" &
+	pids+=($!)
+	waitfor "$run/fakeai.out" '^http://'
+	export AI_SERVICE_URL=$(head -1 "$run/fakeai.out")
+fi
+
+DATA_DIR="$run/data" ADDR=127.0.0.1:0 "$OUT/klectr" serve 2>"$run/server.log" &
+server=$!
+pids=("$server" "${pids[@]}") # stop klectr before the fake AI
+waitfor "$run/server.log" '"msg":"worker started"'
+addr=$(grep -o '"msg":"listening","addr":"[^"]*"' "$run/server.log" | sed 's/.*"addr":"\([^"]*\)"/\1/')
+
+echo "scenario $scenario${AI_SERVICE_URL:+ (AI $delay)}  run dir $run  load average $(cut -d' ' -f1-3 /proc/loadavg)"
+status=0
+"$OUT/upload" -url "http://$addr" -data-dir "$run/data" -klectr "$OUT/klectr" \
+	-c "$C" -n "$N" -files "$FILES" -wait -pid "$server" "$@" || status=$?
+echo "load average after $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Anything above INFO in the server log is worth reading.
+grep -v '"level":"INFO"' "$run/server.log" | grep -v 'JWT_SECRET is not set' | head -20 || true
+exit $status
