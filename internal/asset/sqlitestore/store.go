@@ -1,0 +1,412 @@
+// Package sqlitestore is the asset.Store of the embedded mode: a table in the
+// SQLite file that also holds River's queue, so that an asset and its job
+// commit in one transaction (CreateTx, ReprocessTx).
+//
+// Writes go through sqlitedb.DB.Write (one connection, BEGIN IMMEDIATE);
+// reads (Get, List, PendingEvents, Ping) through the read-only pool, which in
+// WAL mode never waits for the writer.
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/sqlitedb"
+)
+
+// Store keeps assets in the "assets" table of a sqlitedb.DB.
+type Store struct {
+	db *sqlitedb.DB
+}
+
+var _ asset.Store = (*Store)(nil)
+
+// New migrates the schema (idempotently, in one transaction) and returns the
+// store. The caller keeps ownership of db and closes it.
+func New(ctx context.Context, db *sqlitedb.DB) (*Store, error) {
+	if err := migrate(ctx, db.Write); err != nil {
+		return nil, fmt.Errorf("sqlitestore: migrate %s: %w", db.Path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// querier is what *sql.DB and *sql.Tx share, so each operation is written
+// once and runs either on its own or inside the caller's transaction.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+const columns = `id, user_id, status, processing_job_id, filename, content_type,
+	size, sha256, width, height, blob_key, ai_metadata, error_code, error_message,
+	attempts, created_at, updated_at, processed_at, event_id, event_pending`
+
+// Create inserts all assets in one transaction, or none.
+func (s *Store) Create(ctx context.Context, assets ...*asset.Asset) error {
+	if len(assets) == 0 {
+		return nil
+	}
+	return s.inTx(ctx, func(tx *sql.Tx) error { return s.CreateTx(ctx, tx, assets...) })
+}
+
+// CreateTx inserts assets inside the caller's write transaction on the same
+// sqlitedb.DB (begun on its Write pool), so that they commit or roll back
+// with whatever else tx holds, such as their queue jobs. It inserts all or
+// none: on error, tx is as it was before the call and still usable.
+// It uses only tx: a statement on Write while tx is open would deadlock.
+func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, assets ...*asset.Asset) error {
+	if len(assets) == 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT asset_create`); err != nil {
+		return fmt.Errorf("sqlitestore: create: %w", err)
+	}
+	for _, a := range assets {
+		if err := insert(ctx, tx, a); err != nil {
+			// Undo this call's rows even if ctx is done, so that tx holds
+			// none of them whatever the caller does next.
+			uctx := context.WithoutCancel(ctx)
+			if _, rerr := tx.ExecContext(uctx, `ROLLBACK TO asset_create; RELEASE asset_create`); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("sqlitestore: create: undo: %w", rerr))
+			}
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `RELEASE asset_create`); err != nil {
+		return fmt.Errorf("sqlitestore: create: %w", err)
+	}
+	return nil
+}
+
+func insert(ctx context.Context, q querier, a *asset.Asset) error {
+	var errCode, errMsg *string
+	if a.Error != nil {
+		errCode, errMsg = &a.Error.Code, &a.Error.Message
+	}
+	var processed *int64
+	if a.ProcessedAt != nil {
+		ms := a.ProcessedAt.UnixMilli()
+		processed = &ms
+	}
+	_, err := q.ExecContext(ctx, `INSERT INTO assets (`+columns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.ID, a.UserID, string(a.Status), a.ProcessingJobID, a.Filename, a.ContentType,
+		a.Size, a.SHA256, a.Width, a.Height, a.BlobKey, jsonText(a.AIMetadata), errCode, errMsg,
+		a.Attempts, a.CreatedAt.UnixMilli(), a.UpdatedAt.UnixMilli(), processed, a.EventID, a.EventPending)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("sqlitestore: create %s: %w", a.ID, asset.ErrDuplicate)
+	}
+	if err != nil {
+		return fmt.Errorf("sqlitestore: create %s: %w", a.ID, err)
+	}
+	return nil
+}
+
+// Get returns the asset with that id, or asset.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (*asset.Asset, error) {
+	a, err := scanAsset(s.db.Read.QueryRowContext(ctx, `SELECT `+columns+` FROM assets WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, asset.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// Page size bounds; a Limit outside them is clamped (see assettest).
+const (
+	minLimit = 1
+	maxLimit = 100
+)
+
+// List returns a page of userID's assets, newest first. The cursor is the
+// last asset's (created_at, id): a keyset, so assets added or removed
+// between pages neither repeat nor skip the others.
+func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (asset.Page, error) {
+	limit := min(max(q.Limit, minLimit), maxLimit)
+	var sb strings.Builder
+	sb.WriteString(`SELECT ` + columns + ` FROM assets WHERE user_id = ?`)
+	args := []any{userID}
+	if q.Status != "" {
+		if !q.Status.Valid() {
+			return asset.Page{}, fmt.Errorf("sqlitestore: list: unknown status %q", q.Status)
+		}
+		sb.WriteString(` AND status = ?`)
+		args = append(args, string(q.Status))
+	}
+	if q.After != "" {
+		ms, id, err := decodeCursor(q.After)
+		if err != nil {
+			return asset.Page{}, fmt.Errorf("sqlitestore: list: %w", err)
+		}
+		sb.WriteString(` AND (created_at, id) < (?, ?)`)
+		args = append(args, ms, id)
+	}
+	// One row more than the page tells whether there is a next page.
+	sb.WriteString(` ORDER BY created_at DESC, id DESC LIMIT ?`)
+	args = append(args, limit+1)
+
+	as, err := queryAssets(ctx, s.db.Read, sb.String(), args...)
+	if err != nil {
+		return asset.Page{}, fmt.Errorf("sqlitestore: list: %w", err)
+	}
+	page := asset.Page{Assets: as}
+	if len(as) > limit {
+		page.Assets = as[:limit]
+		last := as[limit-1]
+		page.Next = encodeCursor(last.CreatedAt.UnixMilli(), last.ID)
+	}
+	return page, nil
+}
+
+// RecordAttempt sets Attempts (and UpdatedAt) while the asset is processing
+// under jobID: asset.ErrConflict if it is not, asset.ErrNotFound if it is gone.
+func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error {
+	res, err := s.db.Write.ExecContext(ctx, `UPDATE assets SET attempts = ?, updated_at = ?
+		WHERE id = ? AND status = 'processing' AND processing_job_id = ?`,
+		attempt, now.UnixMilli(), id, jobID)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: record attempt %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("sqlitestore: record attempt %s: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("sqlitestore: record attempt %s: %w", id, missingOrConflict(ctx, s.db.Write, id))
+	}
+	return nil
+}
+
+// Finish applies out in one statement, guarded by status and job, so of
+// many concurrent calls exactly one matches. It returns asset.ErrConflict
+// when the asset is not processing under jobID, asset.ErrNotFound when it is
+// gone, and rejects an outcome that is not final or has no event id.
+func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	if out.Status != asset.StatusDraft && out.Status != asset.StatusFailed {
+		return nil, fmt.Errorf("sqlitestore: finish %s: outcome status %q is not final", id, out.Status)
+	}
+	if out.EventID == "" {
+		return nil, fmt.Errorf("sqlitestore: finish %s: outcome has no event id", id)
+	}
+	var errCode, errMsg *string
+	if out.Error != nil {
+		errCode, errMsg = &out.Error.Code, &out.Error.Message
+	}
+	ms := out.ProcessedAt.UnixMilli()
+	a, err := scanAsset(s.db.Write.QueryRowContext(ctx, `UPDATE assets SET
+			status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
+			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
+		WHERE id = ? AND status = 'processing' AND processing_job_id = ?
+		RETURNING `+columns,
+		string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
+		ms, ms, out.EventID, id, jobID))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = missingOrConflict(ctx, s.db.Write, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: finish %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// Reprocess moves a failed asset to processing under newJobID.
+func (s *Store) Reprocess(ctx context.Context, id, newJobID string, now time.Time) (*asset.Asset, error) {
+	var a *asset.Asset
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		a, err = s.ReprocessTx(ctx, tx, id, newJobID, now)
+		return err
+	})
+	return a, err
+}
+
+// ReprocessTx moves a failed asset to processing under newJobID inside the
+// caller's write transaction, so the asset and its new job commit together.
+// It clears the previous outcome (metadata, error, attempts, processedAt) and
+// its event: a failure whose event is still owed is superseded by the next
+// final state's event. asset.ErrConflict if the asset is not failed,
+// asset.ErrNotFound if there is none. It uses only tx.
+func (s *Store) ReprocessTx(ctx context.Context, tx *sql.Tx, id, newJobID string, now time.Time) (*asset.Asset, error) {
+	if newJobID == "" {
+		return nil, fmt.Errorf("sqlitestore: reprocess %s: empty job id", id)
+	}
+	a, err := scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
+			status = 'processing', processing_job_id = ?, ai_metadata = NULL,
+			error_code = NULL, error_message = NULL, attempts = 0, processed_at = NULL,
+			updated_at = ?, event_id = '', event_pending = 0
+		WHERE id = ? AND status = 'failed'
+		RETURNING `+columns,
+		newJobID, now.UnixMilli(), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = missingOrConflict(ctx, tx, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: reprocess %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// PendingEvents returns up to limit assets whose event is owed, oldest
+// final state first.
+func (s *Store) PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("sqlitestore: pending events: limit %d is not positive", limit)
+	}
+	as, err := queryAssets(ctx, s.db.Read, `SELECT `+columns+` FROM assets
+		WHERE event_pending = 1 ORDER BY processed_at, id LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: pending events: %w", err)
+	}
+	return as, nil
+}
+
+// EventSent clears the owed mark if eventID is still the owed event; a
+// stale id (the asset was reprocessed and finished again), a repeat or a
+// deleted asset is not an error.
+func (s *Store) EventSent(ctx context.Context, id, eventID string) error {
+	if _, err := s.db.Write.ExecContext(ctx, `UPDATE assets SET event_pending = 0
+		WHERE id = ? AND event_id = ? AND event_pending = 1`, id, eventID); err != nil {
+		return fmt.Errorf("sqlitestore: event sent %s: %w", id, err)
+	}
+	return nil
+}
+
+// Delete removes the assets with those ids in one statement; missing ids
+// are ignored.
+func (s *Store) Delete(ctx context.Context, ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: delete: %w", err)
+	}
+	if _, err := s.db.Write.ExecContext(ctx,
+		`DELETE FROM assets WHERE id IN (SELECT value FROM json_each(?))`, string(list)); err != nil {
+		return fmt.Errorf("sqlitestore: delete: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the file is readable and holds the assets table. It does
+// not take the write connection, so a readiness probe never queues behind
+// writes.
+func (s *Store) Ping(ctx context.Context) error {
+	var n int
+	if err := s.db.Read.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)`).Scan(&n); err != nil {
+		return fmt.Errorf("sqlitestore: ping: %w", err)
+	}
+	return nil
+}
+
+// inTx runs fn in a write transaction and commits it if fn succeeds.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.Write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlitestore: commit: %w", err)
+	}
+	return nil
+}
+
+// missingOrConflict explains why a guarded update matched no row.
+func missingOrConflict(ctx context.Context, q querier, id string) error {
+	var one int
+	err := q.QueryRowContext(ctx, `SELECT 1 FROM assets WHERE id = ?`, id).Scan(&one)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return asset.ErrNotFound
+	case err != nil:
+		return err
+	}
+	return asset.ErrConflict
+}
+
+func isUniqueViolation(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	return se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+}
+
+// jsonText binds metadata as TEXT (a STRICT column refuses a BLOB); empty
+// means none.
+func jsonText(m json.RawMessage) *string {
+	if len(m) == 0 {
+		return nil
+	}
+	s := string(m)
+	return &s
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanAsset(sc scanner) (*asset.Asset, error) {
+	var (
+		a                asset.Asset
+		status           string
+		aiMetadata       sql.NullString
+		errCode, errMsg  sql.NullString
+		created, updated int64
+		processed        sql.NullInt64
+		eventPending     int64
+	)
+	if err := sc.Scan(&a.ID, &a.UserID, &status, &a.ProcessingJobID, &a.Filename, &a.ContentType,
+		&a.Size, &a.SHA256, &a.Width, &a.Height, &a.BlobKey, &aiMetadata, &errCode, &errMsg,
+		&a.Attempts, &created, &updated, &processed, &a.EventID, &eventPending); err != nil {
+		return nil, err
+	}
+	a.Status = asset.Status(status)
+	if aiMetadata.Valid {
+		a.AIMetadata = json.RawMessage(aiMetadata.String)
+	}
+	if errCode.Valid {
+		a.Error = &asset.Error{Code: errCode.String, Message: errMsg.String}
+	}
+	a.CreatedAt = fromMillis(created)
+	a.UpdatedAt = fromMillis(updated)
+	if processed.Valid {
+		p := fromMillis(processed.Int64)
+		a.ProcessedAt = &p
+	}
+	a.EventPending = eventPending != 0
+	return &a, nil
+}
+
+func queryAssets(ctx context.Context, q querier, query string, args ...any) ([]*asset.Asset, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	as := []*asset.Asset{}
+	for rows.Next() {
+		a, err := scanAsset(rows)
+		if err != nil {
+			return nil, err
+		}
+		as = append(as, a)
+	}
+	return as, rows.Err()
+}
+
+func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
