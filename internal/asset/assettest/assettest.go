@@ -26,7 +26,7 @@ import (
 // and Reprocess report an unknown id as ErrNotFound (ErrConflict means the
 // asset exists in the wrong state); Finish sets UpdatedAt to ProcessedAt;
 // Reprocess resets Attempts with the rest of the outcome; a List limit outside
-// 1..100 is clamped into it; a malformed cursor is an error.
+// 1..100 is clamped into it.
 func TestStore(t *testing.T, newStore func(t *testing.T) asset.Store) {
 	t.Helper()
 	tests := []struct {

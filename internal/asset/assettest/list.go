@@ -3,6 +3,7 @@ package assettest
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -276,8 +277,8 @@ func testListBadCursor(t *testing.T, s asset.Store) {
 	mustCreate(t, s, newAsset("bc-1", "u1", baseTime()))
 	for _, c := range []string{"%%% not a cursor %%%", "\x00"} {
 		p, err := s.List(context.Background(), "u1", asset.ListQuery{Limit: 10, After: c})
-		if err == nil {
-			t.Fatalf("List(After=%q) = %v, nil error; want an error for a malformed cursor", c, ids(p.Assets))
+		if !errors.Is(err, asset.ErrInvalidCursor) {
+			t.Fatalf("List(After=%q) = %v, %v; want asset.ErrInvalidCursor", c, ids(p.Assets), err)
 		}
 	}
 }

@@ -3,14 +3,13 @@ package sqlitestore
 import (
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
+
+	"github.com/klectr/klectr/internal/asset"
 )
 
 // cursorVersion leads every cursor, so its layout can change without
 // misreading cursors that clients still hold.
 const cursorVersion = 1
-
-var errBadCursor = errors.New("malformed cursor")
 
 // encodeCursor makes the opaque List cursor of the last asset of a page:
 // base64url of version, created_at in unix milliseconds (big-endian), id.
@@ -25,7 +24,7 @@ func encodeCursor(createdAtMS int64, id string) string {
 func decodeCursor(s string) (createdAtMS int64, id string, err error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(b) < 10 || b[0] != cursorVersion {
-		return 0, "", errBadCursor
+		return 0, "", asset.ErrInvalidCursor
 	}
 	return int64(binary.BigEndian.Uint64(b[1:9])), string(b[9:]), nil
 }

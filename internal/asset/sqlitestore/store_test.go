@@ -293,8 +293,8 @@ func TestCursorRoundTrip(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "!!", "AQ", encodeCursor(1, "a")[:10]} {
-		if _, _, err := decodeCursor(bad); err == nil {
-			t.Errorf("decodeCursor(%q) succeeded, want an error", bad)
+		if _, _, err := decodeCursor(bad); !errors.Is(err, asset.ErrInvalidCursor) {
+			t.Errorf("decodeCursor(%q) = %v, want asset.ErrInvalidCursor", bad, err)
 		}
 	}
 }
