@@ -41,8 +41,15 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess.mu.Lock()
-	sess.ws = c
+	open := sess.state == stateOpen
+	if open {
+		sess.ws = c
+	}
 	sess.mu.Unlock()
+	if !open { // Stop got there first
+		_ = c.CloseNow()
+		return
+	}
 	h := s.handshake(transportWebSocket)
 	h.SID = sess.id
 	b, _ := json.Marshal(h)
@@ -93,6 +100,13 @@ func (sess *session) serveUpgrade(w http.ResponseWriter, r *http.Request) {
 func (sess *session) probe(c *websocket.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), upgradeTimeout)
 	defer cancel()
+	go func() { // a session that closes meanwhile ends the probe
+		select {
+		case <-sess.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	typ, data, err := c.Read(ctx)
 	if err != nil {
 		return err
