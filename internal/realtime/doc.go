@@ -21,7 +21,11 @@
 // We measured github.com/zishang520/socket.io/servers/socket/v3 v3.0.6: it
 // works with the official client, but it lost the join of 25 of 200,000
 // concurrent "old socket leaves, new socket joins" pairs (the new socket
-// then silently gets nothing); its connection-state recovery lets a socket
+// then silently gets nothing). The cause is in its adapter.go: a join does
+// rooms.LoadOrStore(room, set) then set.Add(id), a leave does
+// set.Delete(id), then if set.Len() == 0 rooms.LoadAndDelete(room) — separate
+// atomic steps, so a join that lands between the leave's Len check and its
+// LoadAndDelete goes into a set the map then drops. Its connection-state recovery lets a socket
 // with an expired token back in unless SetSkipMiddlewares(false); it queues
 // without bound for a client that stops reading; it has one main maintainer,
 // about 50% test coverage and a JavaScript-shaped API. What we need from
