@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/realtime"
 	"github.com/klectr/klectr/internal/testenv"
 )
@@ -146,10 +147,10 @@ var (
 	pollingOnly = map[string]any{"transports": []string{"polling"}}
 )
 
-func send(t testing.TB, ts *testServer, user string, n int) realtime.AssetProcessed {
+func send(t testing.TB, ts *testServer, user string, n int) pipeline.Event {
 	t.Helper()
 	ev := assetEvent(user, n)
-	if err := ts.Send(context.Background(), user, realtime.EventAssetProcessed, ev); err != nil {
+	if err := ts.Send(context.Background(), user, pipeline.EventAssetProcessed, ev); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	return ev
@@ -159,7 +160,7 @@ func send(t testing.TB, ts *testServer, user string, n int) realtime.AssetProces
 // and checks it against the schema and its intended user.
 func (h *harness) wantEvent(name, user, eventID string) {
 	h.t.Helper()
-	m := h.want(name, "event", map[string]any{"event": realtime.EventAssetProcessed})
+	m := h.want(name, "event", map[string]any{"event": pipeline.EventAssetProcessed})
 	data := eventData(h.t, m)
 	if err := eventSchema(h.t).Validate(data); err != nil {
 		h.t.Errorf("socket %s received an event that breaks the schema: %v", name, err)

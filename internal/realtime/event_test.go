@@ -7,18 +7,23 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klectr/klectr/internal/realtime"
+	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/pipeline"
 )
 
-func TestAssetProcessedMatchesSchema(t *testing.T) {
+// TestPipelineEventMatchesSchema checks the payload the pipeline really
+// sends (pipeline.NewEvent) against the contract's schema.
+func TestPipelineEventMatchesSchema(t *testing.T) {
 	t.Parallel()
 	sch := eventSchema(t)
-	failed := assetEvent("u1", 1)
-	failed.Status, failed.AIMetadata = realtime.StatusFailed, nil
-	failed.Error = &realtime.EventError{Code: "ai_unavailable", Message: "503 on every attempt"}
-	failed.Attempts = 4
-	failed.ProcessedAt = time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("CET", 3600))
-	for name, ev := range map[string]realtime.AssetProcessed{"completed": assetEvent("u1", 1), "failed": failed} {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("CET", 3600))
+	failed := pipeline.NewEvent(&asset.Asset{
+		ID: "01JDQ7Y8W2P3K4M5N6Q7R8S9TC", UserID: "u1", Status: asset.StatusFailed,
+		ProcessingJobID: "01JDQ7Y8W2P3K4M5N6Q7R8S9TD", EventID: "e2",
+		Error:    &asset.Error{Code: "ai_unavailable", Message: "503 on every attempt"},
+		Attempts: 4, ProcessedAt: &at,
+	})
+	for name, ev := range map[string]pipeline.Event{"completed": assetEvent("u1", 1), "failed": failed} {
 		b, err := json.Marshal(ev)
 		if err != nil {
 			t.Fatal(err)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/realtime"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
@@ -127,18 +129,20 @@ func eventSchema(t testing.TB) *jsonschema.Schema {
 	return sch
 }
 
-// assetEvent returns a valid asset_processed payload for user, numbered n.
-func assetEvent(user string, n int) realtime.AssetProcessed {
-	return realtime.AssetProcessed{
-		EventID:     fmt.Sprintf("evt-%s-%d", user, n),
-		AssetID:     "01JDQ7Y8W2P3K4M5N6Q7R8S9TA",
-		JobID:       "01JDQ7Y8W2P3K4M5N6Q7R8S9TB",
-		UserID:      user,
-		Status:      realtime.StatusCompleted,
-		AIMetadata:  []byte(`{"provider":"builtin","n":` + strconv.Itoa(n) + `}`),
-		Attempts:    1,
-		ProcessedAt: time.Date(2026, 11, 29, 1, 2, 3, 450_000_000, time.UTC),
-	}
+// assetEvent returns the asset_processed payload the pipeline sends for a
+// completed asset of user, numbered n.
+func assetEvent(user string, n int) pipeline.Event {
+	at := time.Date(2026, 11, 29, 1, 2, 3, 450_123_456, time.UTC)
+	return pipeline.NewEvent(&asset.Asset{
+		ID:              "01JDQ7Y8W2P3K4M5N6Q7R8S9TA",
+		UserID:          user,
+		Status:          asset.StatusDraft,
+		ProcessingJobID: "01JDQ7Y8W2P3K4M5N6Q7R8S9TB",
+		AIMetadata:      []byte(`{"provider":"builtin","n":` + strconv.Itoa(n) + `}`),
+		Attempts:        1,
+		ProcessedAt:     &at,
+		EventID:         fmt.Sprintf("evt-%s-%d", user, n),
+	})
 }
 
 // lines collects JSON lines from a process and lets tests claim the first

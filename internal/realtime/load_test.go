@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/realtime"
 	"github.com/klectr/klectr/internal/testenv"
 )
@@ -130,7 +131,7 @@ func TestLoad(t *testing.T) {
 		ev := assetEvent(user, seq)
 		ev.EventID = fmt.Sprintf("%d-%d", seq, time.Now().UnixMicro())
 		seq++
-		if err := ts.Send(ctx, user, realtime.EventAssetProcessed, ev); err != nil {
+		if err := ts.Send(ctx, user, pipeline.EventAssetProcessed, ev); err != nil {
 			t.Fatalf("Send: %v", err)
 		}
 	}

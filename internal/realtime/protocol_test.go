@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/realtime"
 )
 
@@ -186,7 +187,7 @@ func TestConnectAndEventOverPolling(t *testing.T) {
 	w := wire{t, ts}
 	sid := w.connectPolling(validToken("u1"))
 	ev := assetEvent("u1", 7)
-	if err := ts.Send(context.Background(), "u1", realtime.EventAssetProcessed, ev); err != nil {
+	if err := ts.Send(context.Background(), "u1", pipeline.EventAssetProcessed, ev); err != nil {
 		t.Fatal(err)
 	}
 	want := `42["asset_processed",{"eventId":"evt-u1-7","assetId":"01JDQ7Y8W2P3K4M5N6Q7R8S9TA","jobId":"01JDQ7Y8W2P3K4M5N6Q7R8S9TB","userId":"u1","status":"completed","aiMetadata":{"provider":"builtin","n":7},"error":null,"attempts":1,"processedAt":"2026-11-29T01:02:03.450Z"}]`
