@@ -146,6 +146,11 @@ func (c *Client) Analyze(ctx context.Context, img Image) (json.RawMessage, error
 		finish()
 		return nil, &Error{Code: CodeInternal, Permanent: true, Message: "ai: building the request failed", Err: err}
 	}
+	if overhead, ok := formOverhead(mw.Boundary(), img); ok && img.Size > 0 {
+		// A known length spares the service a chunked upload, which some
+		// servers and proxies refuse or buffer.
+		req.ContentLength = overhead + img.Size
+	}
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	req.Header.Set("Accept", "application/json")
 	if c.token != "" {
@@ -202,13 +207,39 @@ func writeForm(mw *multipart.Writer, img Image) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(part, readerOnly{img.Body}); err != nil {
+	n, err := io.Copy(part, readerOnly{img.Body})
+	if err != nil {
 		if errors.Is(err, errRequestDone) || errors.Is(err, io.ErrClosedPipe) {
 			return err
 		}
 		return &imageReadError{err}
 	}
+	if img.Size > 0 && n != img.Size {
+		return &imageReadError{fmt.Errorf("the stored image is %d bytes, not the recorded %d", n, img.Size)}
+	}
 	return mw.Close()
+}
+
+// formOverhead is the length of everything writeForm sends but the image
+// bytes, computed by writing the same form, without the image, with the same
+// boundary.
+func formOverhead(boundary string, img Image) (int64, bool) {
+	var cw countingWriter
+	mw := multipart.NewWriter(&cw)
+	if err := mw.SetBoundary(boundary); err != nil {
+		return 0, false
+	}
+	if err := writeForm(mw, Image{AssetID: img.AssetID, ContentType: img.ContentType, Body: strings.NewReader("")}); err != nil {
+		return 0, false
+	}
+	return cw.n, true
+}
+
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	return len(p), nil
 }
 
 // readerOnly hides a WriterTo/ReaderFrom so that io.Copy reads the image in

@@ -41,7 +41,7 @@ func randomBytes(t testing.TB, n int) []byte {
 // received is what the fake AI service saw of one request.
 type received struct {
 	method, path, auth, mediaType string
-	contentLength                 int64
+	contentLength, bodyLength     int64
 	fields                        []string // form names in order
 	assetID                       string
 	fileName, partType            string
@@ -49,9 +49,25 @@ type received struct {
 	err                           error
 }
 
-func readRequest(r *http.Request) received {
-	got := received{method: r.Method, path: r.URL.Path, auth: r.Header.Get("Authorization"), contentLength: r.ContentLength}
+type countingReader struct {
+	r io.ReadCloser
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+func readRequest(r *http.Request) (got received) {
+	got = received{method: r.Method, path: r.URL.Path, auth: r.Header.Get("Authorization"), contentLength: r.ContentLength}
 	got.mediaType, _, _ = mime.ParseMediaType(r.Header.Get("Content-Type"))
+	body := &countingReader{r: r.Body}
+	r.Body = body
+	defer func() { got.bodyLength = body.n }()
 	mr, err := r.MultipartReader()
 	if err != nil {
 		got.err = err
@@ -136,6 +152,9 @@ func TestClientSendsMultipartAndReturnsObject(t *testing.T) {
 			}
 			if !bytes.Equal(got.image, img) {
 				t.Errorf("image arrived as %d bytes, differing from the %d sent", len(got.image), len(img))
+			}
+			if got.contentLength != got.bodyLength {
+				t.Errorf("Content-Length %d for a body of %d bytes; want the exact length when the size is known", got.contentLength, got.bodyLength)
 			}
 		})
 	}
@@ -456,6 +475,26 @@ func TestClientImageReadFailureIsRetryable(t *testing.T) {
 	_, err := c.Analyze(t.Context(), ai.Image{AssetID: "a", ContentType: "image/png", Body: &failingReader{n: 100 << 10}})
 	if ai.Code(err) != ai.CodeImageUnreadable || ai.IsPermanent(err) {
 		t.Fatalf("err = %v (code %q, permanent %v); want retryable %s", err, ai.Code(err), ai.IsPermanent(err), ai.CodeImageUnreadable)
+	}
+}
+
+func TestClientImageOfTheWrongSizeIsRetryable(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		io.WriteString(w, `{}`)
+	}))
+	defer srv.Close()
+
+	c := newClient(t, srv.URL, "", 5*time.Second, nil)
+	img := randomBytes(t, 64<<10)
+	for _, size := range []int64{int64(len(img)) + 10, int64(len(img)) - 10} {
+		_, err := c.Analyze(t.Context(), ai.Image{AssetID: "a", ContentType: "image/png", Size: size, Body: bytes.NewReader(img)})
+		if ai.Code(err) != ai.CodeImageUnreadable || ai.IsPermanent(err) {
+			t.Errorf("recorded size %d for %d bytes: err = %v (code %q); want retryable %s", size, len(img), err, ai.Code(err), ai.CodeImageUnreadable)
+		}
 	}
 }
 
