@@ -37,4 +37,18 @@
 //
 // Retry-After is read as delta-seconds or an HTTP date, and capped at
 // MaxRetryAfter so that a confused service cannot park a job for hours.
+//
+// # The two analyzers
+//
+// Client streams the stored bytes to the AI service as multipart/form-data
+// (fields assetId, then image), with Content-Length when Image.Size is known;
+// memory per request is constant whatever the image size.
+//
+// Builtin, the default when no AI service is configured, decodes JPEG, PNG and
+// WebP in pure Go and reports measured facts (see Builtin for the fields and
+// the verdict thresholds); for HEIC/HEIF, which Go cannot decode, it reports
+// only what the header says. A full-size decode costs about 4 bytes a pixel
+// (~200 MB at 50 MP), so at most BuiltinConfig.MaxConcurrentDecodes run at
+// once (GOMAXPROCS by default) however many jobs the worker runs; the rest
+// wait for a slot, honouring their ctx.
 package ai
