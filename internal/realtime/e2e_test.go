@@ -382,7 +382,7 @@ func TestE2ETokenExpiryDisconnects(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, "", nil)
 	h := startHarness(t)
-	exp := time.Now().Add(2 * time.Second)
+	exp := time.Now().Add(3 * time.Second)
 	h.connect("ws", ts.url, auth(token("u1", exp), wsOnly))
 	h.connect("polling", ts.url, auth(token("u1", exp), pollingOnly))
 	h.want("ws", "connect", nil)

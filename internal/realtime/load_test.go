@@ -49,7 +49,7 @@ func TestLoad(t *testing.T) {
 
 	ts := startServer(t, "", nil, func(o *realtime.Options) {
 		o.Logger = slog.New(slog.DiscardHandler)
-		o.SendQueue = 1024 // phase 2 bursts far beyond what a phone ever gets
+		o.MaxConnsPerUser = -1
 	})
 	base := memory()
 
