@@ -117,7 +117,7 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 		log.InfoContext(ctx, "repeat delivery acknowledged without work", "status", a.Status)
 		return nil
 	}
-	if err := h.Store.RecordAttempt(ctx, a.ID, job.ID, job.Attempt, h.Now()); errors.Is(err, asset.ErrConflict) {
+	if err := h.Store.RecordAttempt(ctx, a.ID, job.ID, job.Attempt, h.Now()); errors.Is(err, asset.ErrConflict) || errors.Is(err, asset.ErrNotFound) {
 		log.InfoContext(ctx, "repeat delivery acknowledged without work")
 		return nil
 	} else if err != nil {
@@ -174,7 +174,7 @@ func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, 
 	out.ProcessedAt = h.Now()
 	out.EventID = h.NewID()
 	done, err := h.Store.Finish(ctx, a.ID, job.ID, out)
-	if errors.Is(err, asset.ErrConflict) {
+	if errors.Is(err, asset.ErrConflict) || errors.Is(err, asset.ErrNotFound) {
 		log.InfoContext(ctx, "asset already final; repeat acknowledged")
 		return nil
 	}
