@@ -116,6 +116,7 @@ func (s suite) concurrencyLimit(t *testing.T) {
 		inFlight, maxSeen int
 		finished          int
 		release           = make(chan struct{})
+		quit              = make(chan struct{})
 	)
 	b, _ := s.started(t, Config{Concurrency: limit, Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
 		mu.Lock()
@@ -124,6 +125,7 @@ func (s suite) concurrencyLimit(t *testing.T) {
 		mu.Unlock()
 		select {
 		case <-release:
+		case <-quit:
 		case <-ctx.Done():
 		}
 		mu.Lock()
@@ -132,6 +134,7 @@ func (s suite) concurrencyLimit(t *testing.T) {
 		mu.Unlock()
 		return ctx.Err()
 	})})
+	t.Cleanup(func() { close(quit) }) // runs before the suite's Stop
 	batch := make([]queue.Job, jobs)
 	for i := range batch {
 		batch[i] = newJob(t)
@@ -144,6 +147,9 @@ func (s suite) concurrencyLimit(t *testing.T) {
 		eventually(t, fmt.Sprintf("%d handlers in flight after %d finished", want, done), func() bool {
 			mu.Lock()
 			defer mu.Unlock()
+			if maxSeen > limit {
+				t.Fatalf("%d handlers ran at once; the limit is %d", maxSeen, limit)
+			}
 			return finished == done && inFlight == want
 		})
 		release <- struct{}{}
