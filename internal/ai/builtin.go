@@ -92,7 +92,8 @@ type BuiltinConfig struct {
 //	format          "jpeg", "png", "webp", "heic" or "heif" (from the magic bytes)
 //	width, height   stored dimensions of the original, before EXIF orientation
 //	pixels          false when the pixels could not be analysed (HEIC/HEIF): only header facts follow
-//	orientation     EXIF orientation 1–8 (1 when absent); omitted for HEIC/HEIF
+//	orientation     EXIF orientation 1–8 from a JPEG's APP1 Exif block, 1 when absent and for PNG and WebP
+//	                (whose rare EXIF chunks are not read); omitted for HEIC/HEIF, whose irot/imir are not read
 //	dominantColors  up to 5 {hex, share}, largest first; fewer when the image has fewer distinct colours
 //	phash           64-bit DCT perceptual hash, 16 hex digits, of the image as displayed (orientation applied)
 //	sharpness       {laplacianVar, peakLaplacianVar, score 0–1}
