@@ -10,8 +10,10 @@
 # ~100 KB JPEGs from C workers, waits until every asset is final, prints the
 # figures and the server's peak RSS, then stops what it started. Extra
 # arguments after the scenario go to the upload tool (e.g. -wait=false).
-# Environment: N (2000), C (50), FILES (1), OUT, and any klectr setting
-# (WORKER_CONCURRENCY, ...), which is passed through to the server.
+# Environment: N (2000), C (50), FILES (1), OUT, SRC (head: build the
+# committed HEAD from a `git archive` snapshot, so that other people's
+# uncommitted edits do not change what is measured; tree: the working tree),
+# and any klectr setting (WORKER_CONCURRENCY, ...), passed to the server.
 set -euo pipefail
 
 scenario=${1:?usage: measure.sh builtin|ai <delay> [upload flags...]}
@@ -26,7 +28,16 @@ N=${N:-2000} C=${C:-50} FILES=${FILES:-1}
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
-(cd "$repo" && go build -o "$OUT/klectr" ./cmd/klectr && go build -o "$OUT/upload" ./test/load/upload &&
+src=$repo
+rev="working tree at $(git -C "$repo" rev-parse --short HEAD)"
+if [[ ${SRC:-head} == head ]]; then
+	rev=$(git -C "$repo" rev-parse --short HEAD)
+	src=$OUT/src-$rev
+	if [[ ! -d $src ]]; then
+		mkdir -p "$src.tmp" && git -C "$repo" archive HEAD | tar -x -C "$src.tmp" && mv "$src.tmp" "$src"
+	fi
+fi
+(cd "$src" && go build -o "$OUT/klectr" ./cmd/klectr && go build -o "$OUT/upload" ./test/load/upload &&
 	go build -o "$OUT/fakeai" ./test/load/fakeai)
 
 run=$(mktemp -d "$OUT/run.XXXXXX")
@@ -60,12 +71,17 @@ pids=("$server" "${pids[@]}") # stop klectr before the fake AI
 waitfor "$run/server.log" '"msg":"worker started"'
 addr=$(grep -o '"msg":"listening","addr":"[^"]*"' "$run/server.log" | sed 's/.*"addr":"\([^"]*\)"/\1/')
 
-echo "scenario $scenario${AI_SERVICE_URL:+ (AI $delay)}  run dir $run  load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "scenario $scenario${AI_SERVICE_URL:+ (AI $delay)}  klectr $rev  run dir $run  load average $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
 "$OUT/upload" -url "http://$addr" -data-dir "$run/data" -klectr "$OUT/klectr" \
 	-c "$C" -n "$N" -files "$FILES" -wait -pid "$server" "$@" || status=$?
 echo "load average after $(cut -d' ' -f1-3 /proc/loadavg)"
 
+# The database's own view, when the sqlite3 shell is installed.
+if command -v sqlite3 >/dev/null; then
+	echo "assets: $(sqlite3 -readonly "$run/data/klectr.db" 'SELECT status, count(*) FROM assets GROUP BY 1' | tr '\n' ' ')"
+	echo "jobs:   $(sqlite3 -readonly "$run/data/klectr.db" 'SELECT state, count(*) FROM river_job GROUP BY 1' | tr '\n' ' ')"
+fi
 # Anything above INFO in the server log is worth reading.
 grep -v '"level":"INFO"' "$run/server.log" | grep -v 'JWT_SECRET is not set' | head -20 || true
 exit $status

@@ -490,7 +490,17 @@ func waitFinal(ctx context.Context, c client, o options, res *result) error {
 			fmt.Printf("  poll: %v\n", err)
 		}
 		if time.Since(lastNote) >= 10*time.Second {
-			fmt.Printf("  still processing after %.0fs\n", time.Since(res.end).Seconds())
+			left := "some"
+			if status, b, err := c.do(ctx, http.MethodGet, "/api/assets?status=processing&limit=100", nil, ""); err == nil && status == http.StatusOK {
+				var p page
+				if json.Unmarshal(b, &p) == nil {
+					left = strconv.Itoa(len(p.Assets))
+					if p.NextCursor != nil {
+						left = "over 100"
+					}
+				}
+			}
+			fmt.Printf("  %s assets still processing %.0fs after the last upload\n", left, time.Since(res.end).Seconds())
 			lastNote = time.Now()
 		}
 		select {
