@@ -59,8 +59,9 @@ func (j *Job) Validate() error {
 //   - Permanent(err): dead at once, without further attempts.
 //   - RetryAfter(err, d): retried no earlier than d from now; the failed
 //     run still counts as an attempt, so the last attempt ends dead.
-//   - any other error: retried after the Policy's Delay until MaxAttempts
-//     attempts have run, then dead.
+//   - any other error, or a panic (which the backend recovers): retried
+//     after the Policy's Delay until MaxAttempts attempts have run, then
+//     dead.
 //   - an error that wraps context.Canceled returned because Stop cancelled
 //     ctx: the job is put back as it was before the run (it may or may not
 //     count as an attempt, depending on the backend) and runs again after the
@@ -165,8 +166,9 @@ var (
 //     work.
 //   - Stop stops fetching, lets running handlers finish until ctx ends, then
 //     cancels their ctx and waits briefly for them to return; an
-//     interrupted job is not lost (see Handler). Stop is idempotent and safe
-//     without Start.
+//     interrupted job is not lost (see Handler). When Stop returns, the
+//     outcome of every handler that returned is recorded. Stop is
+//     idempotent and safe without Start.
 //   - Counts has a key for every State (zero included), across queues.
 //   - List returns up to limit jobs in a state, newest enqueued first; a
 //     limit <= 0 means 100.

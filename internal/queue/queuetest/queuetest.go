@@ -61,6 +61,7 @@ func TestBackend(t *testing.T, f Factory) {
 		{"RejectsDuplicateAndInvalidJobsWhole", s.rejectsDuplicates},
 		{"ListsNewestFirstWithLimit", s.listsNewestFirst},
 		{"RetriesWithBackoffThenSucceeds", s.retriesWithBackoff},
+		{"PanicIsRetried", s.panicIsRetried},
 		{"ExhaustedRetriesLeaveJobDead", s.exhaustedRetries},
 		{"PermanentErrorIsDeadAtOnce", s.permanent},
 		{"RetryAfterIsHonoured", s.retryAfter},

@@ -85,6 +85,24 @@ func (s suite) retriesWithBackoff(t *testing.T) {
 	}
 }
 
+// panicIsRetried: a handler that panics fails that attempt like an error;
+// the worker survives and the job is retried.
+func (s suite) panicIsRetried(t *testing.T) {
+	h := newScripted(func(attempt int) error {
+		if attempt == 1 {
+			panic("nil map in the analyzer")
+		}
+		return nil
+	})
+	b, _ := s.started(t, Config{Handler: h})
+	job := newJob(t)
+	enqueue(t, b, job)
+	info := waitState(t, b, job.ID, queue.Completed)
+	if info.Attempt != 2 || len(info.Errors) != 1 {
+		t.Errorf("after a panic then success: attempt %d, errors %q; want 2 and one error", info.Attempt, info.Errors)
+	}
+}
+
 // exhaustedRetries: the last failed attempt leaves the job dead, kept,
 // listed and counted, and it is not run again.
 func (s suite) exhaustedRetries(t *testing.T) {
