@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -48,58 +49,76 @@ func TestRegistryLimitAndRemove(t *testing.T) {
 }
 
 // TestRegistryChurn is the race the issue measured in a room-based adapter:
-// a user's old socket leaves while a new one joins, many times at once. Every
-// socket that joined and did not leave must be registered afterwards.
+// a user's old socket leaves while a new one joins, many times at once.
+// After every pair the new socket must be registered (only its own lane
+// removes it), and at the end every live socket must be.
 func TestRegistryChurn(t *testing.T) {
 	t.Parallel()
-	r := newRegistry()
-	const (
-		users   = 8   // few users, so goroutines contend on the same sets
-		lanes   = 16  // goroutines per user, each owning one live socket
-		rounds  = 300 // 8*16*300 = 38,400 leave/join pairs
-		maxConn = 0   // the limit is tested above; here only membership
-	)
-	live := make([][]*session, users)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	for u := range users {
-		user := fmt.Sprint("u", u)
-		for range lanes {
-			wg.Go(func() {
-				cur := &session{}
-				if err := r.add(user, cur, maxConn); err != nil {
-					t.Error(err)
-					return
-				}
-				for range rounds {
-					next := &session{}
-					var pair sync.WaitGroup
-					old := cur
-					pair.Go(func() { r.remove(user, old) })
-					pair.Go(func() {
-						if err := r.add(user, next, maxConn); err != nil {
+	for _, shape := range []struct {
+		name                 string
+		users, lanes, rounds int
+	}{
+		// One socket per user: the set empties on every leave, the window
+		// in which a room-based adapter drops the room with the new member.
+		{"one socket per user", 64, 1, 400},
+		// Many sockets per user: goroutines contend on the same set.
+		{"many sockets per user", 8, 16, 200},
+	} {
+		t.Run(shape.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRegistry()
+			var (
+				wg   sync.WaitGroup
+				mu   sync.Mutex
+				live = make([][]*session, shape.users)
+				lost atomic.Int64
+			)
+			for u := range shape.users {
+				user := fmt.Sprint("u", u)
+				for range shape.lanes {
+					wg.Go(func() {
+						cur := &session{}
+						if err := r.add(user, cur, 0); err != nil {
 							t.Error(err)
+							return
 						}
+						for range shape.rounds {
+							next, old := &session{}, cur
+							var pair sync.WaitGroup
+							pair.Go(func() { r.remove(user, old) })
+							pair.Go(func() {
+								if err := r.add(user, next, 0); err != nil {
+									t.Error(err)
+								}
+							})
+							pair.Wait()
+							if !slices.Contains(r.sockets(user), next) {
+								lost.Add(1)
+								_ = r.add(user, next, 0) // keep going; the count fails the test
+							}
+							cur = next
+						}
+						mu.Lock()
+						live[u] = append(live[u], cur)
+						mu.Unlock()
 					})
-					pair.Wait()
-					cur = next
 				}
-				mu.Lock()
-				live[u] = append(live[u], cur)
-				mu.Unlock()
-			})
-		}
-	}
-	wg.Wait()
-	for u := range users {
-		got := r.sockets(fmt.Sprint("u", u))
-		if len(got) != lanes {
-			t.Errorf("user u%d has %d registered sockets, want %d", u, len(got), lanes)
-		}
-		for _, s := range live[u] {
-			if !slices.Contains(got, s) {
-				t.Errorf("user u%d: a live socket is not registered (a lost join)", u)
 			}
-		}
+			wg.Wait()
+			if n := lost.Load(); n != 0 {
+				t.Errorf("%d of %d joins lost", n, shape.users*shape.lanes*shape.rounds)
+			}
+			for u := range shape.users {
+				got := r.sockets(fmt.Sprint("u", u))
+				if len(got) != shape.lanes {
+					t.Errorf("user u%d has %d registered sockets, want %d", u, len(got), shape.lanes)
+				}
+				for _, s := range live[u] {
+					if !slices.Contains(got, s) {
+						t.Errorf("user u%d: a live socket is not registered", u)
+					}
+				}
+			}
+		})
 	}
 }
