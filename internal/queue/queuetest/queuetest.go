@@ -45,6 +45,10 @@ type Factory struct {
 // step well within it.
 const wait = 20 * time.Second
 
+// timePrecision is the slack allowed when checking that a job did not run
+// early: backends may store times to the millisecond.
+const timePrecision = 2 * time.Millisecond
+
 // TestBackend runs the conformance suite against the backends f opens.
 func TestBackend(t *testing.T, f Factory) {
 	if f.NewStorage == nil || f.Open == nil {

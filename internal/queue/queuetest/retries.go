@@ -74,7 +74,7 @@ func (s suite) retriesWithBackoff(t *testing.T) {
 		}
 	}
 	for i := 1; i < len(runs); i++ {
-		minGap := time.Duration(float64(policy.Backoff<<(i-1)) * (1 - queue.Jitter))
+		minGap := time.Duration(float64(policy.Backoff<<(i-1))*(1-queue.Jitter)) - timePrecision
 		if gap := runs[i].start.Sub(runs[i-1].end); gap < minGap {
 			t.Errorf("attempt %d started %v after attempt %d failed, want at least %v", i+1, gap, i, minGap)
 		}
@@ -176,7 +176,7 @@ func (s suite) retryAfter(t *testing.T) {
 	}
 	waitState(t, b, job.ID, queue.Retrying)
 	second := recv(t, h.runs, "attempt 2")
-	if gap := second.start.Sub(first.end); gap < d {
+	if gap := second.start.Sub(first.end); gap < d-timePrecision {
 		t.Errorf("attempt 2 began %v after RetryAfter(%v)", gap, d)
 	}
 	if second.attempt != 2 {

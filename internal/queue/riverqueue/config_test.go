@@ -16,7 +16,8 @@ import (
 // (River v0.51.2's job cleaner skips a state whose period is -1.)
 func TestDeadJobsAreNeverExpired(t *testing.T) {
 	t.Parallel()
-	for _, handler := range []queue.Handler{nil, queue.HandlerFunc(nil)} {
+	worker := queue.HandlerFunc(func(context.Context, *queue.Job) error { return nil })
+	for _, handler := range []queue.Handler{nil, worker} { // enqueue-only and worker
 		cfg, err := Config{Handler: handler}.withDefaults()
 		if err != nil {
 			t.Fatal(err)
