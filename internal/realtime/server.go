@@ -26,7 +26,7 @@ var ErrStopped = errors.New("realtime: server stopped")
 const (
 	DefaultMaxConnsPerUser = 10
 	DefaultMaxPayload      = 64 << 10
-	DefaultSendQueue       = 64
+	DefaultSendQueue       = 1024
 	DefaultWriteTimeout    = 10 * time.Second
 	DefaultPingInterval    = 25 * time.Second
 	DefaultPingTimeout     = 20 * time.Second
@@ -68,7 +68,11 @@ type Options struct {
 	MaxPayload int64
 	// SendQueue bounds the packets waiting to be written to one socket. A
 	// socket whose queue is full when an event arrives is disconnected: a
-	// client that stops reading never grows the server's memory.
+	// client that stops reading never grows the server's memory. The
+	// default absorbs a burst of a user's whole backlog (the pipeline's
+	// relay after a crash) for a client that reads at network speed; a
+	// client that does not read hits WriteTimeout or this bound, whichever
+	// comes first.
 	SendQueue int
 	// WriteTimeout bounds writing one packet (websocket) or one response
 	// (polling) and the flush of final packets at close.
