@@ -169,27 +169,31 @@ const findByID = `SELECT id, state FROM river_job WHERE kind = ? AND json_extrac
 // MaxAttempts from this Queue's Policy. Its ID, payload and error history
 // stay.
 func (q *Queue) Retry(ctx context.Context, id string) error {
-	return q.inTx(ctx, func(tx *sql.Tx) error {
-		rid, state, err := lookup(ctx, tx, id)
-		if err != nil {
-			return err
-		}
-		if state != string(rivertype.JobStateDiscarded) && state != string(rivertype.JobStateCancelled) {
-			return fmt.Errorf("riverqueue: retry job %s: %w", id, queue.ErrNotDead)
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE river_job SET
-				state = 'available',
-				attempt = 0,
-				max_attempts = ?,
-				finalized_at = NULL,
-				scheduled_at = datetime('now', 'subsec'),
-				metadata = jsonb_remove(metadata, '$.cancel_attempted_at')
-			WHERE id = ?`, q.cfg.Policy.MaxAttempts(), rid)
-		if err != nil {
-			return fmt.Errorf("riverqueue: retry job %s: %w", id, err)
-		}
-		return nil
-	})
+	return q.inTx(ctx, func(tx *sql.Tx) error { return q.RetryTx(ctx, tx, id) })
+}
+
+// RetryTx is Retry inside the caller's transaction on db.Write, so that an
+// operator's replay can reset the job's asset in the same commit.
+func (q *Queue) RetryTx(ctx context.Context, tx *sql.Tx, id string) error {
+	rid, state, err := lookup(ctx, tx, id)
+	if err != nil {
+		return err
+	}
+	if state != string(rivertype.JobStateDiscarded) && state != string(rivertype.JobStateCancelled) {
+		return fmt.Errorf("riverqueue: retry job %s: %w", id, queue.ErrNotDead)
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE river_job SET
+			state = 'available',
+			attempt = 0,
+			max_attempts = ?,
+			finalized_at = NULL,
+			scheduled_at = datetime('now', 'subsec'),
+			metadata = jsonb_remove(metadata, '$.cancel_attempted_at')
+		WHERE id = ?`, q.cfg.Policy.MaxAttempts(), rid)
+	if err != nil {
+		return fmt.Errorf("riverqueue: retry job %s: %w", id, err)
+	}
+	return nil
 }
 
 // Delete removes a job that is not running.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,6 +122,59 @@ func TestEnqueueTxIsAtomicWithTheCallersRows(t *testing.T) {
 	if err := q.EnqueueTx(t.Context(), tx, job("committed")); !errors.Is(err, queue.ErrDuplicate) {
 		t.Errorf("EnqueueTx of an existing ID: %v, want ErrDuplicate", err)
 	}
+}
+
+// TestRetryTxIsAtomicWithTheCallersRows: a replay and the caller's own
+// writes commit together.
+func TestRetryTxIsAtomicWithTheCallersRows(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	var replayed atomic.Bool
+	ran := make(chan int, 2)
+	q := newQueue(t, db, riverqueue.Config{Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
+		ran <- job.Attempt
+		if !replayed.Load() {
+			return queue.Permanent(errors.New("rejected"))
+		}
+		return nil
+	})})
+	if err := q.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(t.Context(), queue.Job{ID: "j", Queue: queue.AIProcessing, Payload: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	<-ran
+	waitState(t, q, "j", queue.Dead)
+
+	replay := func(commit bool) {
+		tx, err := db.Write.BeginTx(t.Context(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.Exec(`INSERT INTO things (id) VALUES ('replayed')`); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.RetryTx(t.Context(), tx, "j"); err != nil {
+			t.Fatalf("RetryTx: %v", err)
+		}
+		if commit {
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	replay(false)
+	if info, _ := q.Get(t.Context(), "j"); info.State != queue.Dead || rowExists(t, db, "replayed") {
+		t.Fatalf("after a rolled-back replay: job %s, row %v; want dead and no row", info.State, rowExists(t, db, "replayed"))
+	}
+	replayed.Store(true)
+	replay(true)
+	if attempt := <-ran; attempt != 1 || !rowExists(t, db, "replayed") {
+		t.Errorf("after a committed replay: ran at attempt %d, row %v; want 1 and the row", attempt, rowExists(t, db, "replayed"))
+	}
+	waitState(t, q, "j", queue.Completed)
 }
 
 // TestCompleteTxCommitsWithTheHandlersWrites: a handler can record its
