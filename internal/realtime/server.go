@@ -24,7 +24,7 @@ var ErrStopped = errors.New("realtime: server stopped")
 
 // Defaults for the zero values of Options.
 const (
-	DefaultMaxConnsPerUser = 10
+	DefaultMaxConnsPerUser = 100
 	DefaultMaxPayload      = 64 << 10
 	DefaultSendQueue       = 1024
 	DefaultWriteTimeout    = 10 * time.Second
@@ -62,6 +62,9 @@ type Options struct {
 
 	// MaxConnsPerUser bounds one user's connected sockets; the next CONNECT
 	// gets CONNECT_ERROR "too many connections". Negative means no limit.
+	// The default leaves room for many devices and browser tabs, and for
+	// sockets whose network vanished (they count until their ping times
+	// out), while one token cannot hold thousands of connections.
 	MaxConnsPerUser int
 	// MaxPayload bounds one incoming websocket message or polling POST body
 	// (bytes); it is announced to the client in the handshake.
