@@ -1,5 +1,6 @@
 // harness.mjs drives official socket.io-client sockets for the Go end-to-end
-// tests in internal/realtime. It reads one JSON command per line on stdin and
+// tests (internal/realtime, and internal/app against a running klectr): keep
+// its line protocol compatible for both. It reads one JSON command per line on stdin and
 // writes one JSON line per thing a socket observes on stdout:
 //
 //   {"op":"connect","name":"a","url":"http://127.0.0.1:1234","opts":{...}}
