@@ -10,8 +10,8 @@
 # ~100 KB JPEGs from C workers, waits until every asset is final, prints the
 # figures and the server's peak RSS, then stops what it started. Extra
 # arguments after the scenario go to the upload tool (e.g. -wait=false).
-# Environment: N (2000), C (50), FILES (1), OUT, SRC (head: build the
-# committed HEAD from a `git archive` snapshot, so that other people's
+# Environment: N (2000), C (50), FILES (1), OUT, SRC (head: build commit REV,
+# default HEAD, from a `git archive` snapshot, so that other people's
 # uncommitted edits do not change what is measured; tree: the working tree),
 # and any klectr setting (WORKER_CONCURRENCY, ...), passed to the server.
 set -euo pipefail
@@ -31,10 +31,10 @@ mkdir -p "$OUT"
 src=$repo
 rev="working tree at $(git -C "$repo" rev-parse --short HEAD)"
 if [[ ${SRC:-head} == head ]]; then
-	rev=$(git -C "$repo" rev-parse --short HEAD)
+	rev=$(git -C "$repo" rev-parse --short "${REV:-HEAD}")
 	src=$OUT/src-$rev
 	if [[ ! -d $src ]]; then
-		mkdir -p "$src.tmp" && git -C "$repo" archive HEAD | tar -x -C "$src.tmp" && mv "$src.tmp" "$src"
+		rm -rf "$src.tmp" && mkdir -p "$src.tmp" && git -C "$repo" archive "$rev" | tar -x -C "$src.tmp" && mv "$src.tmp" "$src"
 	fi
 fi
 (cd "$src" && go build -o "$OUT/klectr" ./cmd/klectr && go build -o "$OUT/upload" ./test/load/upload &&
@@ -78,7 +78,13 @@ status=0
 echo "load average after $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The database's own view, when the sqlite3 shell is installed.
+# River completes jobs in batches after the handler returns: give the last
+# ones up to 5 s, so that "running" below means a job that is really stuck.
 if command -v sqlite3 >/dev/null; then
+	for _ in $(seq 50); do
+		[[ $(sqlite3 -readonly "$run/data/klectr.db" "SELECT count(*) FROM river_job WHERE state = 'running'") == 0 ]] && break
+		sleep 0.1
+	done
 	echo "assets: $(sqlite3 -readonly "$run/data/klectr.db" 'SELECT status, count(*) FROM assets GROUP BY 1' | tr '\n' ' ')"
 	echo "jobs:   $(sqlite3 -readonly "$run/data/klectr.db" 'SELECT state, count(*) FROM river_job GROUP BY 1' | tr '\n' ' ')"
 fi
