@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -524,3 +525,23 @@ func newRecorder() *recorder                    { return &recorder{h: http.Heade
 func (r *recorder) Header() http.Header         { return r.h }
 func (r *recorder) Write(b []byte) (int, error) { return len(b), nil }
 func (r *recorder) WriteHeader(s int)           { r.status = s }
+
+// TestRepliesAreBounded: a client that asks for replies (acks, connect
+// errors) and never reads them is cut off at SendQueue, like a slow reader.
+func TestRepliesAreBounded(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "", nil, func(o *realtime.Options) { o.SendQueue = 4 })
+	w := wire{t, ts}
+	sid := w.connectPolling(validToken("u1"))
+	var spam []string
+	for i := range 10 {
+		spam = append(spam, fmt.Sprintf(`42%d["x"]`, i))
+	}
+	w.post(sid, strings.Join(spam, "\x1e"))
+	if status, _ := w.get(sid); status != http.StatusBadRequest {
+		t.Errorf("session that never read its replies: poll = %d, want it gone (400)", status)
+	}
+	if n := ts.ConnectedSockets(); n != 0 {
+		t.Errorf("%d sockets registered", n)
+	}
+}

@@ -112,16 +112,28 @@ func (s *session) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-// push queues a control packet; it is not subject to the SendQueue bound
-// (at most one ping, one CONNECT reply and one error are ever outstanding).
-func (s *session) push(pkt string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.state != stateOpen {
-		return
+// appendLocked queues pkt unless the queue holds SendQueue packets already;
+// the caller then closes the session (reasonQueueFull) after unlocking. Every
+// packet but the final ones of close goes through here, replies to what the
+// client sends included, so a client that writes without reading cannot
+// grow the queue either.
+func (s *session) appendLocked(pkt string) bool {
+	if len(s.queue) >= s.srv.opts.SendQueue {
+		return false
 	}
 	s.queue = append(s.queue, pkt)
 	s.notifyLocked()
+	return true
+}
+
+// push queues a packet of the protocol itself (ping, replies).
+func (s *session) push(pkt string) {
+	s.mu.Lock()
+	ok := s.state != stateOpen || s.appendLocked(pkt)
+	s.mu.Unlock()
+	if !ok {
+		s.close(reasonQueueFull, false)
+	}
 }
 
 // emit queues an event for userID's socket. It drops the event when the
@@ -133,14 +145,11 @@ func (s *session) emit(userID, pkt string) {
 		s.mu.Unlock()
 		return
 	}
-	if len(s.queue) >= s.srv.opts.SendQueue {
-		s.mu.Unlock()
-		s.close(reasonQueueFull, false)
-		return
-	}
-	s.queue = append(s.queue, pkt)
-	s.notifyLocked()
+	ok := s.appendLocked(pkt)
 	s.mu.Unlock()
+	if !ok {
+		s.close(reasonQueueFull, false)
+	}
 }
 
 // close ends the session; it is idempotent. The socket leaves the registry
@@ -328,18 +337,18 @@ func (s *session) connect(auth json.RawMessage) {
 		return
 	}
 
+	max := s.srv.opts.MaxConnsPerUser
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.state != stateOpen || s.connected {
+		s.mu.Unlock()
 		return
 	}
 	// Registering and queueing the CONNECT reply under s.mu orders the reply
 	// before any event, which takes s.mu too.
-	max := s.srv.opts.MaxConnsPerUser
 	if err := s.srv.reg.add(userID, s, max); err != nil {
+		s.mu.Unlock()
 		s.log.Warn("socket refused", "userId", userID, "reason", err.Error(), "limit", max)
-		s.queue = append(s.queue, connectError("/", "too many connections", map[string]any{"code": "too_many_connections", "limit": max}))
-		s.notifyLocked()
+		s.push(connectError("/", "too many connections", map[string]any{"code": "too_many_connections", "limit": max}))
 		return
 	}
 	s.connected, s.userID, s.expiresAt = true, userID, exp
@@ -348,9 +357,14 @@ func (s *session) connect(auth json.RawMessage) {
 	reply, _ := json.Marshal(struct {
 		SID string `json:"sid"`
 	}{s.sockID})
-	s.queue = append(s.queue, encodeSIO(sioConnect, -1, reply))
-	s.notifyLocked()
-	s.log.Info("socket connected", "userId", userID, "transport", s.transport)
+	ok := s.appendLocked(encodeSIO(sioConnect, -1, reply))
+	transport := s.transport
+	s.mu.Unlock()
+	if !ok {
+		s.close(reasonQueueFull, false)
+		return
+	}
+	s.log.Info("socket connected", "userId", userID, "transport", transport)
 }
 
 // expire disconnects a socket whose token has expired with a Socket.IO
