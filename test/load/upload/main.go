@@ -547,6 +547,7 @@ func waitFinal(ctx context.Context, c client, o options, res *result) error {
 	byStatus := map[string]int{}
 	byError := map[string]int{}
 	var first, last time.Time
+	var created, processed []time.Time
 	var queueLat []time.Duration
 	retried := 0
 	for _, a := range seen {
@@ -572,6 +573,7 @@ func waitFinal(ctx context.Context, c client, o options, res *result) error {
 			last = pt
 		}
 		queueLat = append(queueLat, pt.Sub(ct))
+		created, processed = append(created, ct), append(processed, pt)
 	}
 	fmt.Printf("final after %.2fs from the first upload (%.2fs after the last): %s\n",
 		done.Sub(res.start).Seconds(), done.Sub(res.end).Seconds(), countList(byStatus))
@@ -591,10 +593,32 @@ func waitFinal(ctx context.Context, c client, o options, res *result) error {
 		if span := last.Sub(first).Seconds(); len(queueLat) > 1 && span > 0 {
 			fmt.Printf("jobs/s worker     %.1f (first -> last processedAt %.2fs)\n", float64(len(queueLat)-1)/span, span)
 		}
+		printPhases(created, processed)
 		p := percentiles(queueLat)
 		fmt.Printf("createdAt -> processedAt p50 %s  p90 %s  p99 %s  max %s\n", p(50), p(90), p(99), p(100))
 	}
 	return nil
+}
+
+// printPhases splits the worker's throughput at the last createdAt (the end
+// of intake, by the server's clock): while uploads were still arriving, and
+// after. The two differ when intake and the worker compete for the database.
+func printPhases(created, processed []time.Time) {
+	c0, c1 := slices.MinFunc(created, time.Time.Compare), slices.MaxFunc(created, time.Time.Compare)
+	p1 := slices.MaxFunc(processed, time.Time.Compare)
+	during := 0
+	for _, p := range processed {
+		if !p.After(c1) {
+			during++
+		}
+	}
+	after := len(processed) - during
+	if d := c1.Sub(c0).Seconds(); d > 0 {
+		fmt.Printf("jobs/s while uploading %.1f (%d jobs in %.2fs)\n", float64(during)/d, during, d)
+	}
+	if d := p1.Sub(c1).Seconds(); d > 0 && after > 0 {
+		fmt.Printf("jobs/s after uploads   %.1f (%d jobs in %.2fs)\n", float64(after)/d, after, d)
+	}
 }
 
 func countList(m map[string]int) string {
