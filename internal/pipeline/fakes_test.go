@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,6 +245,12 @@ func newFakeAI(t *testing.T, respond func(w http.ResponseWriter, r *http.Request
 			http.Error(w, "wrong endpoint", http.StatusNotFound)
 			return
 		}
+		// A call counts from its arrival: a client that gives up while
+		// sending the body (a short AI_TIMEOUT on a busy machine) made it.
+		f.mu.Lock()
+		f.reqs = append(f.reqs, aiRequest{Auth: r.Header.Get("Authorization")})
+		n := len(f.reqs)
+		f.mu.Unlock()
 		req := aiRequest{Auth: r.Header.Get("Authorization")}
 		mr, err := r.MultipartReader()
 		if err != nil {
@@ -269,8 +275,7 @@ func newFakeAI(t *testing.T, respond func(w http.ResponseWriter, r *http.Request
 			}
 		}
 		f.mu.Lock()
-		f.reqs = append(f.reqs, req)
-		n := len(f.reqs)
+		f.reqs[n-1] = req
 		f.mu.Unlock()
 		f.respond(w, r, n)
 	}))
@@ -286,16 +291,24 @@ func (f *fakeAI) requests() []aiRequest {
 
 func (f *fakeAI) calls() int { return len(f.requests()) }
 
-// refusedURL is the URL of a loopback port that nothing listens on.
+// refusedURL is the URL of a loopback port that refuses connections: a
+// socket is bound to it but never listens, so the port cannot be taken by
+// another test's listener while this test runs.
 func refusedURL(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return "http://" + addr
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 // clock is the handler's injected clock; tests move it.

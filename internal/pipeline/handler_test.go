@@ -95,7 +95,7 @@ func TestProcessJobFailures(t *testing.T) {
 		{name: "429 without Retry-After", respond: answer(429, nil, ""), code: ai.CodeRateLimited},
 		{name: "408", respond: answer(408, nil, ""), code: ai.CodeTimeout},
 		{name: "timeout", respond: func(w http.ResponseWriter, r *http.Request, _ int) { <-r.Context().Done() },
-			timeout: 100 * time.Millisecond, code: ai.CodeTimeout},
+			timeout: 250 * time.Millisecond, code: ai.CodeTimeout},
 		{name: "invalid JSON", respond: answer(200, nil, `{"label": "Chari`), code: ai.CodeBadResponse},
 		{name: "connection refused", refused: true, code: ai.CodeUnavailable},
 		{name: "400", respond: answer(400, nil, `{"error":"not a card"}`), code: ai.CodeRejected, permanent: true},
