@@ -74,11 +74,14 @@ func throughput(t *testing.T, work time.Duration, n int, preload bool) float64 {
 	t.Helper()
 	db := measureDB(t)
 	var handled atomic.Int64
+	allHandled := make(chan struct{})
 	q := newQueue(t, db, riverqueue.Config{Concurrency: 16, Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
 		if work > 0 {
 			time.Sleep(work) // stands in for the AI call
 		}
-		handled.Add(1)
+		if handled.Add(1) == int64(n) {
+			close(allHandled)
+		}
 		return nil
 	})})
 	jobs := make([]queue.Job, n)
@@ -111,7 +114,14 @@ func throughput(t *testing.T, work time.Duration, n int, preload bool) float64 {
 		}
 		wg.Wait()
 	}
-	deadline := time.Now().Add(5 * time.Minute)
+	select {
+	case <-allHandled:
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("only %d of %d jobs handled after 5 minutes", handled.Load(), n)
+	}
+	// Then until the last completions are recorded; Counts scans the table,
+	// so it is not polled while the jobs run.
+	deadline := time.Now().Add(time.Minute)
 	for {
 		c, err := q.Counts(t.Context())
 		if err != nil {
@@ -121,9 +131,9 @@ func throughput(t *testing.T, work time.Duration, n int, preload bool) float64 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not done after 5 minutes: %v", c)
+			t.Fatalf("completions not recorded a minute after the last handler: %v", c)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	return float64(n) / time.Since(start).Seconds()
 }
