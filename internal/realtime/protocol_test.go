@@ -397,7 +397,7 @@ func TestNoEventAfterExpiry(t *testing.T) {
 func TestExpiryDisconnectsOverWebSocket(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, "", nil)
-	exp := time.Now().Add(time.Second)
+	exp := time.UnixMilli(time.Now().Add(time.Second).UnixMilli()) // what the token carries
 	c := wire{t, ts}.connectWS(token("u1", exp))
 	if got := read(t, c); got != "41" {
 		t.Errorf("at expiry got %q, want DISCONNECT 41", got)
