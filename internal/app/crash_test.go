@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +29,10 @@ func TestBinary(t *testing.T) {
 	t.Run("kill -9 during processing, then restart", func(t *testing.T) {
 		t.Parallel()
 		testCrashRestart(t, bin)
+	})
+	t.Run("kill -9 during a last attempt, then restart", func(t *testing.T) {
+		t.Parallel()
+		testCrashOnLastAttempt(t, bin)
 	})
 	t.Run("SIGTERM lets the running job and the upload in flight finish", func(t *testing.T) {
 		t.Parallel()
@@ -180,6 +185,9 @@ func testCrashRestart(t *testing.T, bin string) {
 	if counts["completed"] != total || counts["dead"]+counts["pending"]+counts["active"]+counts["retrying"] != 0 {
 		t.Errorf("admin counts after the restart: %v; want %d completed and nothing else", counts, total)
 	}
+	if sio != nil {
+		sio.waitAssets(total, 30*time.Second) // before the stop closes the sockets
+	}
 	if code := second.stop(40 * time.Second); code != 0 {
 		t.Errorf("the restarted process exited %d on SIGTERM:\n%s", code, second.logs.text())
 	}
@@ -195,7 +203,11 @@ func testCrashRestart(t *testing.T, bin string) {
 		}
 	}
 	if sio != nil {
-		checkClientEvents(t, sio, owners, stored, "alice")
+		want := map[string]wantEvent{}
+		for id := range owners {
+			want[id] = wantEvent{User: "alice", Status: "completed", EventID: stored[id].EventID, Sockets: []string{"before", "after"}}
+		}
+		checkClientEvents(t, sio, want, true)
 	}
 	t.Logf("kill -9 with %d of %d jobs in the AI call. From the restart: listening %v, worker started %v, first job at the AI %v, "+
 		"first of the %d interrupted jobs at the AI %v, all of them %v (they queue behind the %d never started), all %d final %v",
@@ -204,10 +216,79 @@ func testCrashRestart(t *testing.T, bin string) {
 		neverStarted, total, allFinal.Round(time.Millisecond))
 }
 
+// testCrashOnLastAttempt: a job killed during its last attempt is dead at
+// the restart (it is not run a third time); its asset must not stay
+// processing: the reconciler fails it, and its event is sent.
+func testCrashOnLastAttempt(t *testing.T, bin string) {
+	const total = 2
+	ai := newFakeAI(t, func(r *http.Request, _ string, _, _ int) (int, string) {
+		select {
+		case <-r.Context().Done():
+			return 0, ""
+		case <-time.After(30 * time.Second):
+			return http.StatusOK, `{"label":"too late"}`
+		}
+	})
+	dataDir := t.TempDir()
+	env := baseEnv(t, ai, dataDir)
+	env["JOB_MAX_RETRIES"] = "0"
+	keys := auth.NewKeys([]byte(testSecret), nil)
+	alice, _ := keys.Sign("alice", "", time.Hour)
+	admin, _ := keys.Sign("ops", "admin", time.Hour)
+
+	first := startKlectr(t, bin, env)
+	ids, err := postImages(context.Background(), first.url, alice, fixture(t, "valid/video-001.q50.420.jpeg"), total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ai.waitCalls(t, total, 60*time.Second)
+	first.kill()
+	first.checkClean()
+
+	restart := time.Now()
+	second := startKlectr(t, bin, env)
+	owners := map[string]string{}
+	for _, id := range ids {
+		owners[id] = alice
+	}
+	final := waitAllFinal(t, second.url, owners, time.Minute)
+	failedAfter := time.Since(restart)
+	for id, a := range final {
+		if a.Status != "failed" || a.Error == nil || a.Error.Code != "job_dead" || a.Attempts != 1 {
+			t.Errorf("asset %s after its job died on its last attempt: %s, %+v, attempts %d; want failed with job_dead after 1",
+				id, a.Status, a.Error, a.Attempts)
+		}
+		if n := len(ai.callsOf(id)); n != 1 {
+			t.Errorf("asset %s: %d AI calls; a job dead at the restart must not run again", id, n)
+		}
+	}
+	counts := waitCounts(t, second.url, admin, time.Minute, func(c map[string]int) bool { return c["dead"] == total })
+	if counts["dead"] != total || counts["completed"]+counts["pending"]+counts["active"]+counts["retrying"] != 0 {
+		t.Errorf("admin counts %v; want %d dead jobs (one per failed asset) and nothing else", counts, total)
+	}
+	if code := second.stop(40 * time.Second); code != 0 {
+		t.Errorf("exit code %d:\n%s", code, second.logs.text())
+	}
+	second.checkClean()
+	for _, id := range ids {
+		if a := readStoredAssets(t, dataDir)[id]; a.Status != "failed" || a.EventPending || a.EventID == "" {
+			t.Errorf("asset %s on disk: %+v; want failed with its event sent", id, a)
+		}
+	}
+	t.Logf("kill -9 during the last attempt of %d jobs: their assets failed (job_dead) %v after the restart", total, failedAfter.Round(time.Millisecond))
+}
+
+// wantEvent is what the asset_processed event of one asset must say.
+type wantEvent struct {
+	User, Status, EventID string
+	Sockets               []string // the sockets of its owner: no other may receive it
+}
+
 // checkClientEvents checks that the client received an asset_processed
-// event for every asset, valid against the schema, with the event id the
-// store recorded (a repeat only with that same id).
-func checkClientEvents(t *testing.T, sio *sioClient, owners map[string]string, stored map[string]storedAsset, user string) {
+// event for every asset, valid against the schema, on its owner's sockets
+// only, with the event id the store recorded; a repeat (same id) only if
+// repeats are allowed (after a crash).
+func checkClientEvents(t *testing.T, sio *sioClient, want map[string]wantEvent, repeatsAllowed bool) {
 	t.Helper()
 	c := jsonschema.NewCompiler()
 	c.AssertFormat()
@@ -216,37 +297,42 @@ func checkClientEvents(t *testing.T, sio *sioClient, owners map[string]string, s
 		t.Fatalf("compile the event schema: %v", err)
 	}
 	got := map[string][]string{} // assetId → eventIds received
-	for _, raw := range sio.events() {
-		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+	events := sio.events()
+	for _, e := range events {
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(e.Data))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := sch.Validate(v); err != nil {
-			t.Errorf("event %s does not match the schema: %v", raw, err)
+			t.Errorf("event %s does not match the schema: %v", e.Data, err)
 		}
 		var ev struct{ EventID, AssetID, UserID, Status string }
-		json.Unmarshal(raw, &ev)
-		if _, ok := owners[ev.AssetID]; !ok || ev.UserID != user || ev.Status != "completed" {
-			t.Errorf("unexpected event %s", raw)
+		json.Unmarshal(e.Data, &ev)
+		w, ok := want[ev.AssetID]
+		if !ok || ev.UserID != w.User || ev.Status != w.Status || !slices.Contains(w.Sockets, e.Socket) {
+			t.Errorf("socket %s received %s; want only events of its own assets", e.Socket, e.Data)
 		}
 		got[ev.AssetID] = append(got[ev.AssetID], ev.EventID)
 	}
 	repeats := 0
-	for id := range owners {
+	for id, w := range want {
 		ids := got[id]
-		if len(ids) == 0 {
+		switch {
+		case len(ids) == 0:
 			t.Errorf("asset %s: no asset_processed event reached the client", id)
 			continue
+		case len(ids) > 1 && !repeatsAllowed:
+			t.Errorf("asset %s: %d events %v without a crash; want exactly one", id, len(ids), ids)
 		}
 		for _, e := range ids {
-			if e != stored[id].EventID {
-				t.Errorf("asset %s: event ids %v, the store recorded %s", id, ids, stored[id].EventID)
+			if e != w.EventID {
+				t.Errorf("asset %s: event ids %v, the store recorded %s", id, ids, w.EventID)
 				break
 			}
 		}
 		repeats += len(ids) - 1
 	}
-	t.Logf("the Socket.IO client received %d asset_processed events for %d assets (%d repeats)", len(sio.events()), len(owners), repeats)
+	t.Logf("the Socket.IO client received %d asset_processed events for %d assets (%d repeats)", len(events), len(want), repeats)
 }
 
 // testGracefulStop: SIGTERM while one job is in the AI call and an upload

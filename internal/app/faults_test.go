@@ -77,31 +77,40 @@ func TestServe100JobsWith30PercentAIFailures(t *testing.T) {
 		"LOG_LEVEL":       "info",
 	})
 	admin, _ := s.keys.Sign("ops", "admin", time.Hour)
+	const users = 4
+	tokens := make([]string, users)
+	sio := startSIO(t)
+	for u := range users {
+		tokens[u], _ = s.keys.Sign(fmt.Sprintf("user%d", u), "", time.Hour)
+		if sio != nil {
+			sio.connect(fmt.Sprintf("user%d", u), s.url, tokens[u], true)
+		}
+	}
 
 	// Ten requests of ten images at once, from four users.
 	image := fixture(t, "valid/video-001.q50.420.jpeg")
 	type result struct {
-		token string
-		ids   []string
-		err   error
+		user int
+		ids  []string
+		err  error
 	}
 	results := make(chan result, requests)
 	start := time.Now()
 	for i := range requests {
-		token, _ := s.keys.Sign(fmt.Sprintf("user%d", i%4), "", time.Hour)
 		go func() {
-			ids, err := postImages(context.Background(), s.url, token, image, perRequest)
-			results <- result{token, ids, err}
+			ids, err := postImages(context.Background(), s.url, tokens[i%users], image, perRequest)
+			results <- result{i % users, ids, err}
 		}()
 	}
-	owners := map[string]string{}
+	owners := map[string]string{} // asset id → its owner's token
+	userOf := map[string]int{}
 	for range requests {
 		r := <-results
 		if r.err != nil {
 			t.Fatal(r.err)
 		}
 		for _, id := range r.ids {
-			owners[id] = r.token
+			owners[id], userOf[id] = tokens[r.user], r.user
 		}
 	}
 	if len(owners) != total {
@@ -178,6 +187,9 @@ func TestServe100JobsWith30PercentAIFailures(t *testing.T) {
 		t.Errorf("dead jobs %v\nare not the jobs of the failed assets %v", deadIDs, failedJobs)
 	}
 
+	if sio != nil {
+		sio.waitAssets(total, 30*time.Second) // before the stop closes the sockets
+	}
 	if code := s.shutdown(); code != 0 {
 		t.Fatalf("serve exited with %d", code)
 	}
@@ -189,6 +201,15 @@ func TestServe100JobsWith30PercentAIFailures(t *testing.T) {
 		if a, ok := stored[id]; !ok || a.EventPending || a.EventID == "" {
 			t.Errorf("asset %s on disk: %+v; want its event sent", id, a)
 		}
+	}
+	if sio != nil {
+		want := map[string]wantEvent{}
+		for id, a := range final {
+			status := map[string]string{"draft": "completed", "failed": "failed"}[a.Status]
+			user := fmt.Sprintf("user%d", userOf[id])
+			want[id] = wantEvent{User: user, Status: status, EventID: stored[id].EventID, Sockets: []string{user}}
+		}
+		checkClientEvents(t, sio, want, false)
 	}
 
 	fails := 0

@@ -339,9 +339,15 @@ func (c *sioClient) connect(name, url, token string, reconnect bool) {
 	}
 }
 
-// events returns the payloads of every asset_processed event received.
-func (c *sioClient) events() []json.RawMessage {
-	var out []json.RawMessage
+// sioEvent is one asset_processed event a socket received.
+type sioEvent struct {
+	Socket string
+	Data   json.RawMessage
+}
+
+// events returns every asset_processed event received so far.
+func (c *sioClient) events() []sioEvent {
+	var out []sioEvent
 	for _, r := range c.lines.records(func(r map[string]any) bool {
 		return r["ev"] == "event" && r["event"] == "asset_processed"
 	}) {
@@ -351,7 +357,22 @@ func (c *sioClient) events() []json.RawMessage {
 			continue
 		}
 		b, _ := json.Marshal(args[0])
-		out = append(out, b)
+		name, _ := r["name"].(string)
+		out = append(out, sioEvent{Socket: name, Data: b})
 	}
 	return out
+}
+
+// waitAssets waits until events for n distinct assets have arrived.
+func (c *sioClient) waitAssets(n int, timeout time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, timeout, fmt.Sprintf("asset_processed events for %d assets", n), func() bool {
+		seen := map[string]bool{}
+		for _, e := range c.events() {
+			var ev struct{ AssetID string }
+			json.Unmarshal(e.Data, &ev)
+			seen[ev.AssetID] = true
+		}
+		return len(seen) >= n
+	})
 }
