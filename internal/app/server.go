@@ -114,6 +114,10 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	serveErr := make(chan error, 1)
 	if m.api() {
 		mx := newMetrics(b.queue.Counts, rt.ConnectedSockets)
+		var limiter httpapi.Limiter
+		if cfg.UploadRate > 0 {
+			limiter = httpapi.NewUserLimiter(cfg.UploadRate, max(1, cfg.UploadRate/6), nil)
+		}
 		api := httpapi.New(httpapi.Deps{
 			Keys:    keys,
 			Assets:  b.store,
@@ -126,6 +130,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			Ready:   b.ready,
 			Socket:  rt,
 			Metrics: mx.handler(),
+			Limiter: limiter,
 		})
 		srv = &http.Server{
 			Handler:           mx.instrument(api),

@@ -37,6 +37,7 @@ type Config struct {
 	MaxFiles     int
 	MaxFileBytes int64
 	MaxPixels    int64
+	UploadRate   int // upload requests per minute per user; 0: unlimited
 
 	LogLevel  slog.Level
 	LogFormat string // json or text
@@ -132,6 +133,10 @@ var settings = []setting{
 		}
 		c.MaxPixels = n
 		return nil
+	}},
+	{"UPLOAD_RATE", "0", "upload requests per minute per user, in bursts of up to a sixth of it (0: unlimited)", func(c *Config, v string) (err error) {
+		c.UploadRate, err = intIn(v, 0, 1_000_000)
+		return err
 	}},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))

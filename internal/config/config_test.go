@@ -24,7 +24,7 @@ func TestLoadDefaults(t *testing.T) {
 	want := Config{
 		Addr: ":8080", DataDir: "./data", AITimeout: 30 * time.Second,
 		WorkerConcurrency: 16, JobMaxRetries: 3, JobBackoff: 2 * time.Second,
-		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000,
+		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000, UploadRate: 0,
 		LogLevel: slog.LevelInfo, LogFormat: "json",
 	}
 	if *c != want {
@@ -60,6 +60,7 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		"AI_SERVICE_URL":     {"AI_SERVICE_URL": "ftp://x"},
 		"LOG_LEVEL":          {"LOG_LEVEL": "loud"},
 		"LOG_FORMAT":         {"LOG_FORMAT": "xml"},
+		"UPLOAD_RATE":        {"UPLOAD_RATE": "-5"},
 		"JWT_SECRET":         {"JWT_SECRET": "short"},
 		"REDIS_URL":          {"REDIS_URL": "localhost:6379"},
 		"MONGODB_URI":        {"MONGODB_URI": "localhost"},

@@ -175,6 +175,14 @@ func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, 
 	out.EventID = h.NewID()
 	done, err := h.Store.Finish(ctx, a.ID, job.ID, out)
 	if errors.Is(err, asset.ErrConflict) || errors.Is(err, asset.ErrNotFound) {
+		// Another delivery finished it, or it was deleted. A store that
+		// reports a conflict for an asset still processing under this job
+		// is broken; acknowledging would leave the asset processing for
+		// ever, so the job fails and is retried instead.
+		if now, gerr := h.Store.Get(ctx, a.ID); gerr == nil && now.Status == asset.StatusProcessing && now.ProcessingJobID == job.ID {
+			log.ErrorContext(ctx, "store refused the final state of an asset still processing under this job", "err", err)
+			return fmt.Errorf("record outcome: %w", err)
+		}
 		log.InfoContext(ctx, "asset already final; repeat acknowledged")
 		return nil
 	}
