@@ -205,7 +205,7 @@ type assetReply struct {
 // waitFinal polls the asset until it leaves processing.
 func (s *server) waitFinal(token, id string) assetReply {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		resp, b := s.do("GET", "/api/assets/"+id, token, nil, "")
 		if resp.StatusCode != 200 {
@@ -219,7 +219,7 @@ func (s *server) waitFinal(token, id string) assetReply {
 			return a
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("asset %s still processing after 30s:\n%s", id, s.logs.String())
+			s.t.Fatalf("asset %s still processing after 3m:\n%s", id, s.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -364,5 +364,18 @@ func TestServeIsolatesUsersAndStopsCleanly(t *testing.T) {
 			t.Fatalf("shutdown order: %s came before the step it follows (or is missing):\n%s", m, logs)
 		}
 		last = i
+	}
+}
+
+func TestServeAddrInUseStopsInOrder(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	var errb lockedBuffer
+	errb.mu = make(chan struct{}, 1)
+	code := Run(context.Background(), []string{"serve"}, envOf(map[string]string{
+		"ADDR": strings.TrimPrefix(s.url, "http://"), "DATA_DIR": t.TempDir(), "JWT_SECRET": strings.Repeat("k", 32),
+	}), io.Discard, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "ADDR=") || !strings.Contains(errb.String(), `"msg":"worker stopped"`) {
+		t.Fatalf("exit %d; want 1 naming ADDR after stopping the worker:\n%s", code, errb.String())
 	}
 }

@@ -41,6 +41,7 @@ const shutdownTimeout = 25 * time.Second
 const (
 	maintainInterval = 10 * time.Second
 	relayAge         = 30 * time.Second
+	reconnectGrace   = 3 * time.Second
 )
 
 // runServer runs serve, api or worker until ctx ends, then stops in this
@@ -110,6 +111,38 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	}
 	defer rt.Stop()
 
+	// The worker starts before the listener, so that a signal during
+	// start-up finds every part running and goes through the ordered stop.
+	started := time.Now()
+	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancelStart()
+	var maint sync.WaitGroup
+	maintCtx, stopMaint := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMaint()
+	if m.worker() {
+		if err := b.queue.Start(startCtx); err != nil {
+			return err
+		}
+		maint.Go(func() {
+			// Events a crash left owed go out once clients have had time to
+			// reconnect (the Socket.IO clients wait about a second).
+			select {
+			case <-maintCtx.Done():
+				return
+			case <-time.After(reconnectGrace):
+			}
+			if qo.single {
+				if n, err := handler.Relay(maintCtx, time.Since(started)); err != nil {
+					log.Warn("relaying events owed before the last stop", "err", err)
+				} else if n > 0 {
+					log.Info("relayed events owed before the last stop", "events", n)
+				}
+			}
+			handler.Maintain(maintCtx, b.queue, maintainInterval, relayAge)
+		})
+		log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
+	}
+
 	var srv *http.Server
 	serveErr := make(chan error, 1)
 	if m.api() {
@@ -139,31 +172,14 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
-		ln, err := net.Listen("tcp", cfg.Addr)
-		if err != nil {
-			return fmt.Errorf("ADDR=%q: %w", cfg.Addr, err)
+		if ln, err := net.Listen("tcp", cfg.Addr); err != nil {
+			// Through the ordered stop: the worker is already running.
+			srv = nil
+			serveErr <- fmt.Errorf("ADDR=%q: %w", cfg.Addr, err)
+		} else {
+			log.Info("listening", "addr", ln.Addr().String(), "mode", string(m), "analyzer", analyzerName(cfg))
+			go func() { serveErr <- srv.Serve(ln) }()
 		}
-		log.Info("listening", "addr", ln.Addr().String(), "mode", string(m), "analyzer", analyzerName(cfg))
-		go func() { serveErr <- srv.Serve(ln) }()
-	}
-
-	var maint sync.WaitGroup
-	maintCtx, stopMaint := context.WithCancel(context.WithoutCancel(ctx))
-	if m.worker() {
-		if qo.single {
-			// Nothing else runs handlers yet: every owed event is a crash's.
-			if n, err := handler.Relay(ctx, 0); err != nil {
-				log.Warn("relaying owed events at start", "err", err)
-			} else if n > 0 {
-				log.Info("relayed events owed before the last stop", "events", n)
-			}
-		}
-		if err := b.queue.Start(ctx); err != nil {
-			stopMaint()
-			return err
-		}
-		maint.Go(func() { handler.Maintain(maintCtx, b.queue, maintainInterval, relayAge) })
-		log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
 	}
 
 	var runErr error
@@ -171,7 +187,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	case <-ctx.Done():
 		log.Info("stopping", "cause", context.Cause(ctx))
 	case runErr = <-serveErr:
-		log.Error("HTTP server failed", "err", runErr)
+		log.Error("HTTP server failed; stopping", "err", runErr)
 	}
 
 	rt.Stop()

@@ -130,12 +130,14 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 		log.InfoContext(ctx, "analysis done", "duration", h.Now().Sub(start))
 		return h.finish(ctx, log, a, job, asset.Outcome{Status: asset.StatusDraft, AIMetadata: result})
 	}
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		// Shutdown or the job's timeout: not the image's fault. The queue
-		// puts the job back or retries it.
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// Shutdown: not the image's fault. The queue puts the job back.
 		log.WarnContext(ctx, "analysis interrupted", "err", err)
 		return err
 	}
+	// The job's own deadline counts as a failed attempt like any other;
+	// what is left of the work (recording the outcome) must not inherit it.
+	ctx = context.WithoutCancel(ctx)
 
 	permanent := ai.IsPermanent(err)
 	last := job.Attempt >= job.MaxAttempts
@@ -195,16 +197,18 @@ func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, 
 }
 
 // publish sends the owed event and clears its mark. A failure is logged and
-// left to Relay: the mark stays, so the event is not lost.
-func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset) {
+// left to Relay: the mark stays, so the event is not lost. It reports
+// whether the event went out.
+func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset) bool {
 	ctx = context.WithoutCancel(ctx)
 	if err := h.Notifier.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a)); err != nil {
 		log.WarnContext(ctx, "event not sent; the relay will retry", "eventId", a.EventID, "err", err)
-		return
+		return false
 	}
 	if err := h.Store.EventSent(ctx, a.ID, a.EventID); err != nil {
 		log.WarnContext(ctx, "event sent but not marked; it may repeat", "eventId", a.EventID, "err", err)
 	}
+	return true
 }
 
 // Relay publishes owed events older than minAge: those a crash or a failed
@@ -221,8 +225,9 @@ func (h *Handler) Relay(ctx context.Context, minAge time.Duration) (int, error) 
 		if a.UpdatedAt.After(cutoff) {
 			continue
 		}
-		h.publish(ctx, h.Log.With("assetId", a.ID, "jobId", a.ProcessingJobID, "userId", a.UserID), a)
-		n++
+		if h.publish(ctx, h.Log.With("assetId", a.ID, "jobId", a.ProcessingJobID, "userId", a.UserID), a) {
+			n++
+		}
 	}
 	return n, nil
 }

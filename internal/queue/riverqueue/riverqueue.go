@@ -393,7 +393,7 @@ func (q *Queue) recover(ctx context.Context) error {
 				p.ID = append(p.ID, j.ID)
 				p.Error = append(p.Error, msg)
 				p.FinalizedAt = append(p.FinalizedAt, finalized)
-				p.ScheduledAt = append(p.ScheduledAt, now)
+				p.ScheduledAt = append(p.ScheduledAt, j.ScheduledAt) // first in line again, not behind newer jobs
 				p.State = append(p.State, string(state))
 			}
 			if _, err := exec.JobRescueMany(ctx, p); err != nil {
