@@ -379,3 +379,67 @@ func TestServeAddrInUseStopsInOrder(t *testing.T) {
 		t.Fatalf("exit %d; want 1 naming ADDR after stopping the worker:\n%s", code, errb.String())
 	}
 }
+
+func TestJobsCommands(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	ids := s.uploadOK(s.alice, "invalid/invalid-zlib.png")
+	a := s.waitFinal(s.alice, ids[0])
+	if a.Status != "failed" {
+		t.Fatalf("asset %+v", a)
+	}
+	env := envOf(map[string]string{"DATA_DIR": s.dir, "JWT_SECRET": strings.Repeat("k", 32)})
+	run := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := Run(context.Background(), args, env, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+
+	// The asset is failed a moment before its job is marked dead.
+	var code int
+	var out, errs string
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if code, out, errs = run("jobs", "list", "-state", "dead"); out != "" {
+			break
+		}
+	}
+	var line struct {
+		ID, State, LastError string
+		Payload              struct{ AssetID string }
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &line) != nil || line.ID != a.ProcessingJobID || line.State != "dead" ||
+		line.Payload.AssetID != ids[0] || !strings.Contains(line.LastError, "image") {
+		t.Fatalf("jobs list: %d %q %s", code, out, errs)
+	}
+
+	// Replay: the asset goes back to processing under the same job and,
+	// the image being broken, fails again.
+	if code, out, errs := run("jobs", "retry", line.ID); code != 0 || !strings.Contains(out, "replayed") {
+		t.Fatalf("jobs retry: %d %q %s", code, out, errs)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, b := s.do("GET", "/api/assets/"+ids[0], s.alice, nil, "")
+		var again assetReply
+		json.Unmarshal(b, &again)
+		if resp.StatusCode == 200 && again.Status == "failed" && again.ProcessingJobID == line.ID {
+			code, out, _ := run("jobs", "list", "-state", "dead")
+			if code == 0 && strings.Contains(out, line.ID) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replayed job did not end dead again: %s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, _, errs := run("jobs", "retry", "01NOTAJOB0000000000000000"); code != 1 || !strings.Contains(errs, "not found") {
+		t.Fatalf("retry of an unknown job: %d %s", code, errs)
+	}
+	if code, out, errs := run("jobs", "delete", line.ID); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("jobs delete: %d %q %s", code, out, errs)
+	}
+	if code, out, _ := run("jobs", "list", "-state", "dead"); code != 0 || out != "" {
+		t.Fatalf("dead jobs after delete: %q", out)
+	}
+}
