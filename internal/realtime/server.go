@@ -48,7 +48,8 @@ var reservedEvents = map[string]bool{
 type Options struct {
 	// Authenticate verifies a token (the CONNECT auth {"token"} or the
 	// handshake's "Authorization: Bearer" header) and returns the user it
-	// belongs to and when it expires. It must not log the token.
+	// belongs to and when it expires. A token without an expiry (zero
+	// expiresAt) is refused like an expired one. It must not log the token.
 	Authenticate func(token string) (userID string, expiresAt time.Time, err error)
 	// Bus carries Send's events to the sockets of every process.
 	Bus Bus
