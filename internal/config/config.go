@@ -134,7 +134,7 @@ var settings = []setting{
 		c.MaxPixels = n
 		return nil
 	}},
-	{"UPLOAD_RATE", "0", "upload requests per minute per user, in bursts of up to a sixth of it (0: unlimited)", func(c *Config, v string) (err error) {
+	{"UPLOAD_RATE", "120", "upload requests per minute per user, in bursts of up to a sixth of it (0: unlimited)", func(c *Config, v string) (err error) {
 		c.UploadRate, err = intIn(v, 0, 1_000_000)
 		return err
 	}},

@@ -24,7 +24,7 @@ func TestLoadDefaults(t *testing.T) {
 	want := Config{
 		Addr: ":8080", DataDir: "./data", AITimeout: 30 * time.Second,
 		WorkerConcurrency: 16, JobMaxRetries: 3, JobBackoff: 2 * time.Second,
-		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000, UploadRate: 0,
+		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000, UploadRate: 120,
 		LogLevel: slog.LevelInfo, LogFormat: "json",
 	}
 	if *c != want {

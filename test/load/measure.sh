@@ -65,7 +65,8 @@ if [[ $scenario == ai ]]; then
 	export AI_SERVICE_URL=$(head -1 "$run/fakeai.out")
 fi
 
-DATA_DIR="$run/data" ADDR=127.0.0.1:0 "$OUT/klectr" serve 2>"$run/server.log" &
+# One load user sends far more than a phone: no per-user rate limit unless asked.
+UPLOAD_RATE=${UPLOAD_RATE:-0} DATA_DIR="$run/data" ADDR=127.0.0.1:0 "$OUT/klectr" serve 2>"$run/server.log" &
 server=$!
 pids=("$server" "${pids[@]}") # stop klectr before the fake AI
 waitfor "$run/server.log" '"msg":"worker started"'
