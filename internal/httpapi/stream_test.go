@@ -302,9 +302,6 @@ func TestUploadSlowButSteadyCompletes(t *testing.T) {
 // context and the client must get its 202.
 func TestUploadSlowCommitAfterTheBody(t *testing.T) {
 	t.Parallel()
-	t.Skip("BUG: upload.go progressReader.Read moves the read deadline also on the read that returns EOF; " +
-		"net/http has then started its background read, which times out one window later and cancels " +
-		"the request's context: Submit fails and the client gets 503")
 	lim := slowLimits(200 * time.Millisecond)
 	// Every read that brings a byte moves the deadline, the last one (which
 	// also brings EOF) included.
@@ -353,9 +350,6 @@ func (d slowDisk) Put(ctx context.Context, r io.Reader) (string, error) {
 // must not get 408.
 func TestUploadSlowDiskIsNotTheClientsFault(t *testing.T) {
 	t.Parallel()
-	t.Skip("BUG: upload.go receive() does not restart the progress window after storePart: " +
-		"the read deadline is absolute, so a server-side pause (fsync) longer than the rest of the " +
-		"window makes the next read fail at once and a client that sent everything gets 408")
 	lim := slowLimits(200 * time.Millisecond)
 	e := newEnv(t, withLimits(lim), func(d *httpapi.Deps) {
 		d.Blobs = slowDisk{Disk: d.Blobs.(*blob.Disk), extra: 3 * lim.BodyWindow}

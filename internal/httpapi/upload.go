@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -47,8 +48,9 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 	user := claims(r).UserID
 	if s.Limiter != nil {
 		if ok, wait := s.Limiter.Allow(user); !ok {
-			e := errorf(codeRateLimited, "too many uploads; retry in %s", wait.Round(time.Second))
-			e.retryAfter = wait
+			secs := max(1, int((wait+time.Second-1)/time.Second))
+			e := errorf(codeRateLimited, "too many uploads; retry in %d s", secs)
+			e.retryAfter = time.Duration(secs) * time.Second
 			s.writeError(w, r, e)
 			return
 		}
@@ -146,18 +148,29 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) ([]stored, *api
 		extend: func(d time.Duration) { rc.SetReadDeadline(time.Now().Add(d)) },
 	}
 	body.extend(lim.BodyWindow)
-	mr := multipart.NewReader(body, params["boundary"])
+	closed := newCloseWatch(body, params["boundary"])
+	mr := multipart.NewReader(closed, params["boundary"])
 
 	var files []stored
 	for {
 		part, err := mr.NextPart()
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) && closed.seen {
 			break
+		}
+		if errors.Is(err, io.EOF) {
+			// multipart.Reader also says io.EOF for a body cut short
+			// after a delimiter, or in which the boundary never occurs.
+			return files, errorf(codeBadRequest, "the multipart body ends without its closing boundary %q", "--"+params["boundary"]+"--")
 		}
 		if err != nil {
 			return files, s.bodyError(lim, body.err, err)
 		}
 		index := len(files)
+		if part.FormName() == "" {
+			// A part without a parseable form-data Content-Disposition
+			// cannot be told from a file: refuse it rather than drop it.
+			return files, errorf(codeBadRequest, "part %d has no form-data Content-Disposition with a field name", index)
+		}
 		if part.FormName() != uploadField {
 			if part.FileName() != "" {
 				return files, errorf(codeBadRequest, "unknown file field %q; send images in field %q", part.FormName(), uploadField)
@@ -175,6 +188,8 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) ([]stored, *api
 			return files, e
 		}
 		f, apiErr := s.storePart(r.Context(), index, part, body)
+		// Storing and inspecting took the server's time, not the client's.
+		body.resume()
 		if f.key != "" {
 			files = append(files, f)
 		}
@@ -257,19 +272,37 @@ type progressReader struct {
 	extend func(time.Duration)
 	n      int64
 	err    error
+	// ended is set once the body has returned an error or EOF. From then
+	// on the connection's read deadline belongs to net/http (its
+	// background read after the body's end): a deadline set now would
+	// cancel the request's context when it passes, mid-commit.
+	ended bool
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
+	if err != nil {
+		p.ended = true
+		if err != io.EOF && p.err == nil {
+			p.err = err
+		}
+	}
 	p.n += int64(n)
-	if p.n >= p.min {
+	if p.n >= p.min && !p.ended {
 		p.n = 0
 		p.extend(p.window)
 	}
-	if err != nil && err != io.EOF && p.err == nil {
-		p.err = err
-	}
 	return n, err
+}
+
+// resume starts a new window when the handler comes back to reading after
+// work of its own (an fsync, reading a header back): the deadline is
+// absolute, and that pause was not the client's.
+func (p *progressReader) resume() {
+	if !p.ended {
+		p.n = 0
+		p.extend(p.window)
+	}
 }
 
 // countingReader hashes and counts what passes through and remembers the
@@ -292,14 +325,15 @@ func (c *countingReader) Read(b []byte) (int, error) {
 }
 
 // cleanFilename keeps the client's file name as data only: valid UTF-8, no
-// control characters, no directory part, at most 255 bytes.
+// control or bidi-control characters (U+202E would disguise "gpj.exe"), no
+// directory part, at most 255 bytes.
 func cleanFilename(name string) string {
 	name = strings.ToValidUTF8(name, "")
 	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
 		name = name[i+1:]
 	}
 	name = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == '/' || r == '\\' {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == '/' || r == '\\' {
 			return -1
 		}
 		return r
@@ -328,4 +362,31 @@ func formatBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// closeWatch tells whether the multipart close delimiter ("\r\n--" +
+// boundary + "--", or "--" + boundary + "--" at the very start) went
+// through it. File data cannot contain it: the multipart reader would have
+// ended the part there.
+type closeWatch struct {
+	r    io.Reader
+	pat  []byte
+	win  []byte // the last len(pat)-1 bytes read, then the new ones
+	seen bool
+}
+
+func newCloseWatch(r io.Reader, boundary string) *closeWatch {
+	return &closeWatch{r: r, pat: []byte("\r\n--" + boundary + "--"), win: []byte("\r\n")}
+}
+
+func (c *closeWatch) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	if n > 0 && !c.seen {
+		c.win = append(c.win, b[:n]...)
+		c.seen = bytes.Contains(c.win, c.pat)
+		if keep := len(c.pat) - 1; len(c.win) > keep {
+			c.win = append(c.win[:0], c.win[len(c.win)-keep:]...)
+		}
+	}
+	return n, err
 }

@@ -313,18 +313,7 @@ type refusal struct {
 	code        string
 	index       int      // -1: no file is at fault
 	msg         []string // substrings of the message
-	bug         string   // a known bug keeps the case skipped until the lead fixes it
 }
-
-// Known bugs of upload.go (see the report of the contract tests); the cases
-// that show them are skipped until the fix lands, then these go.
-const (
-	bugNoCloseDelimiter = "BUG: upload.go receive() takes any io.EOF from NextPart as the end of the form, " +
-		"but multipart.Reader also returns io.EOF for a body cut after a delimiter or whose boundary never occurs: " +
-		"the request is accepted (202) or called no_files instead of bad_request"
-	bugNoFormName = "BUG: upload.go receive() treats a part without a parseable form-data Content-Disposition " +
-		"(FormName() == \"\") as an ignored text field: a file part is silently dropped and the rest accepted"
-)
 
 func files(t *testing.T, rels ...string) []part {
 	t.Helper()
@@ -343,9 +332,6 @@ func limits(f func(*httpapi.Limits)) *httpapi.Limits {
 
 func (c refusal) run(t *testing.T) {
 	t.Helper()
-	if c.bug != "" {
-		t.Skip(c.bug)
-	}
 	var opts []envOption
 	if c.limits != nil {
 		opts = append(opts, withLimits(*c.limits))
@@ -404,7 +390,7 @@ func TestUploadRefusals(t *testing.T) {
 			body: func(t *testing.T) []byte { return multipartBody(t, false, files(t, jpeg)...) }},
 		{name: "missing boundary", contentType: "multipart/form-data", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte { return multipartBody(t, false, files(t, jpeg)...) }},
-		{name: "wrong boundary", bug: bugNoCloseDelimiter, contentType: "multipart/form-data; boundary=other", status: 400, code: "bad_request", index: -1,
+		{name: "wrong boundary", contentType: "multipart/form-data; boundary=other", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte { return multipartBody(t, false, files(t, jpeg)...) }},
 		{name: "file in an unknown field", status: 400, code: "bad_request", index: -1, msg: []string{`"image"`},
 			body: func(t *testing.T) []byte {
@@ -425,15 +411,15 @@ func TestUploadRefusals(t *testing.T) {
 			}},
 		{name: "one file, no closing boundary", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte { return multipartBody(t, true, files(t, jpeg)...) }},
-		{name: "cut after a delimiter line", bug: bugNoCloseDelimiter, status: 400, code: "bad_request", index: -1,
+		{name: "cut after a delimiter line", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte {
 				return append(multipartBody(t, true, files(t, jpeg)...), "\r\n--"+testBoundary+"\r\n"...)
 			}},
-		{name: "cut after a delimiter", bug: bugNoCloseDelimiter, status: 400, code: "bad_request", index: -1,
+		{name: "cut after a delimiter", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte {
 				return append(multipartBody(t, true, files(t, jpeg)...), "\r\n--"+testBoundary...)
 			}},
-		{name: "file part whose Content-Disposition does not parse", bug: bugNoFormName, status: 400, code: "bad_request", index: -1,
+		{name: "file part whose Content-Disposition does not parse", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte {
 				// "[" may not appear unencoded in an RFC 2231 value: the
 				// header does not parse, and the part has no form name.
@@ -441,12 +427,12 @@ func TestUploadRefusals(t *testing.T) {
 				bad.disposition = `form-data; name="images"; filename*=UTF-8''[1].png`
 				return multipartBody(t, false, files(t, jpeg)[0], bad)
 			}},
-		{name: "part without Content-Disposition", bug: bugNoFormName, status: 400, code: "bad_request", index: -1,
+		{name: "part without Content-Disposition", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte {
 				return []byte("--" + testBoundary + "\r\nContent-Type: image/png\r\n\r\n" + string(fixture(t, "valid/basn0g01.png")) +
 					"\r\n--" + testBoundary + "--\r\n")
 			}},
-		{name: "cut in the headers of a second part", bug: bugNoCloseDelimiter, status: 400, code: "bad_request", index: -1,
+		{name: "cut in the headers of a second part", status: 400, code: "bad_request", index: -1,
 			body: func(t *testing.T) []byte {
 				return append(multipartBody(t, true, files(t, jpeg)...), "\r\n--"+testBoundary+"\r\nContent-Disposition: form-da"...)
 			}},
