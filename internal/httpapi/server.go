@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/oklog/ulid/v2"
+
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
@@ -65,7 +67,7 @@ type Deps struct {
 	Limits  Limits
 	Log     *slog.Logger
 	Now     func() time.Time
-	NewID   func() string
+	NewID   func() string                   // nil: ULIDs
 	Ready   func(ctx context.Context) error // nil: always ready
 	Socket  http.Handler                    // mounted at /socket.io/ when set
 	Metrics http.Handler                    // mounted at /metrics when set
@@ -89,6 +91,9 @@ type Server struct {
 func New(d Deps) *Server {
 	if d.Now == nil {
 		d.Now = time.Now
+	}
+	if d.NewID == nil {
+		d.NewID = func() string { return ulid.Make().String() }
 	}
 	if d.Limits.BodyWindow == 0 {
 		d.Limits.BodyWindow = 20 * time.Second
