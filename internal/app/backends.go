@@ -111,7 +111,7 @@ type embeddedIntake struct {
 // commitReq is one unit of work for the group committer.
 type commitReq struct {
 	ctx context.Context
-	fn  func(tx *sql.Tx) error
+	fn  func(ctx context.Context, tx *sql.Tx) error
 	err chan error // capacity 1
 }
 
@@ -138,8 +138,11 @@ func (in *embeddedIntake) close() {
 var errIntakeClosed = errors.New("intake: closed")
 
 // inTx runs fn in a transaction shared with other requests of the same
-// group; it returns once the group has committed (or fn failed).
-func (in *embeddedIntake) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+// group; it returns once the group has committed (or fn failed). fn gets a
+// context without ctx's cancellation: a client that goes away mid-group
+// must not interrupt a statement, which would make SQLite roll back the
+// whole group's transaction.
+func (in *embeddedIntake) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	r := &commitReq{ctx: ctx, fn: fn, err: make(chan error, 1)}
 	select {
 	case in.reqs <- r:
@@ -192,7 +195,7 @@ func (in *embeddedIntake) commitGroup(group []*commitReq) {
 	for i, r := range group {
 		err := r.ctx.Err()
 		if err == nil {
-			err = savepoint(ctx, tx, func() error { return r.fn(tx) })
+			err = savepoint(ctx, tx, func() error { return r.fn(context.WithoutCancel(r.ctx), tx) })
 		}
 		if err != nil {
 			r.err <- err
@@ -230,7 +233,7 @@ func savepoint(ctx context.Context, tx *sql.Tx, fn func() error) error {
 }
 
 func (in *embeddedIntake) Submit(ctx context.Context, assets []*asset.Asset, jobs []queue.Job) error {
-	return in.inTx(ctx, func(tx *sql.Tx) error {
+	return in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if err := in.store.CreateTx(ctx, tx, assets...); err != nil {
 			return err
 		}
@@ -240,7 +243,7 @@ func (in *embeddedIntake) Submit(ctx context.Context, assets []*asset.Asset, job
 
 func (in *embeddedIntake) Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error) {
 	var a *asset.Asset
-	err := in.inTx(ctx, func(tx *sql.Tx) error {
+	err := in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := in.now()
 		var err error
 		if a, err = in.store.ReprocessTx(ctx, tx, assetID, newJobID, now); err != nil {
@@ -270,7 +273,7 @@ func (in *embeddedIntake) Replay(ctx context.Context, jobID string) error {
 	if err != nil {
 		return err
 	}
-	return in.inTx(ctx, func(tx *sql.Tx) error {
+	return in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := in.store.ReprocessTx(ctx, tx, p.AssetID, jobID, in.now())
 		// ErrNotFound: the asset is gone, and the handler will acknowledge
 		// the job. ErrConflict: it is not failed (e.g. a user retry gave it
