@@ -36,6 +36,10 @@ const (
 // upgradeTimeout bounds the polling→websocket probe (2probe/3probe/5).
 const upgradeTimeout = 10 * time.Second
 
+// probeGrace is how long a closing session waits for the "5" of an upgrade
+// whose "3probe" has gone out.
+const probeGrace = time.Second
+
 // reservedEvents are names the Socket.IO clients use for their own events;
 // an emitted event with one of them would be confused with the client's.
 var reservedEvents = map[string]bool{

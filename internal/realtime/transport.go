@@ -103,6 +103,20 @@ func (sess *session) probe(c *websocket.Conn) error {
 	go func() { // a session that closes meanwhile ends the probe
 		select {
 		case <-sess.done:
+			// After "3probe" the official client has paused polling and
+			// waits to send "5" on this websocket; if the probe failed now,
+			// it would stay paused (it never resumes a paused poller) until
+			// its ping timeout. Let it finish the switch, so that it sees
+			// its new transport close and reconnects at once.
+			sess.mu.Lock()
+			upgrading := sess.upgrading
+			sess.mu.Unlock()
+			if upgrading {
+				select {
+				case <-ctx.Done():
+				case <-time.After(probeGrace):
+				}
+			}
 			cancel()
 		case <-ctx.Done():
 		}
