@@ -14,6 +14,7 @@ package asset
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -73,6 +74,22 @@ type Asset struct {
 	// state; EventPending is true while that event is owed (outbox).
 	EventID      string
 	EventPending bool
+}
+
+// Clone returns a deep copy of a: stores and fakes hand out copies, so that
+// a caller changing its asset never changes what is stored.
+func (a *Asset) Clone() *Asset {
+	c := *a
+	c.AIMetadata = slices.Clone(a.AIMetadata)
+	if a.Error != nil {
+		e := *a.Error
+		c.Error = &e
+	}
+	if a.ProcessedAt != nil {
+		p := *a.ProcessedAt
+		c.ProcessedAt = &p
+	}
+	return &c
 }
 
 // Error is why an asset failed, as shown to its owner.

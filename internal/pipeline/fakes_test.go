@@ -42,24 +42,10 @@ var _ pipeline.Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore { return &fakeStore{assets: map[string]*asset.Asset{}} }
 
-func cloneAsset(a *asset.Asset) *asset.Asset {
-	c := *a
-	c.AIMetadata = bytes.Clone(a.AIMetadata)
-	if a.Error != nil {
-		e := *a.Error
-		c.Error = &e
-	}
-	if a.ProcessedAt != nil {
-		p := *a.ProcessedAt
-		c.ProcessedAt = &p
-	}
-	return &c
-}
-
 func (s *fakeStore) put(a *asset.Asset) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.assets[a.ID] = cloneAsset(a)
+	s.assets[a.ID] = a.Clone()
 }
 
 // get returns the stored asset, failing t when there is none.
@@ -71,7 +57,7 @@ func (s *fakeStore) get(t *testing.T, id string) *asset.Asset {
 	if !ok {
 		t.Fatalf("asset %s is not in the store", id)
 	}
-	return cloneAsset(a)
+	return a.Clone()
 }
 
 func (s *fakeStore) Get(ctx context.Context, id string) (*asset.Asset, error) {
@@ -84,7 +70,7 @@ func (s *fakeStore) Get(ctx context.Context, id string) (*asset.Asset, error) {
 	if !ok {
 		return nil, fmt.Errorf("fake store: get %s: %w", id, asset.ErrNotFound)
 	}
-	return cloneAsset(a), nil
+	return a.Clone(), nil
 }
 
 // processing returns the asset if it is processing under jobID.
@@ -133,7 +119,7 @@ func (s *fakeStore) Finish(ctx context.Context, id, jobID string, out asset.Outc
 	a.Status, a.AIMetadata, a.Error, a.Attempts = out.Status, bytes.Clone(out.AIMetadata), out.Error, out.Attempts
 	a.ProcessedAt, a.UpdatedAt = &at, at
 	a.EventID, a.EventPending = out.EventID, true
-	return cloneAsset(a), nil
+	return a.Clone(), nil
 }
 
 func (s *fakeStore) PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, error) {
@@ -148,7 +134,7 @@ func (s *fakeStore) PendingEvents(ctx context.Context, limit int) ([]*asset.Asse
 	var out []*asset.Asset
 	for _, a := range s.assets {
 		if a.EventPending {
-			out = append(out, cloneAsset(a))
+			out = append(out, a.Clone())
 		}
 	}
 	slices.SortFunc(out, func(a, b *asset.Asset) int {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,22 +92,6 @@ func newAsset(id, userID string, createdAt time.Time) *asset.Asset {
 		CreatedAt:       createdAt,
 		UpdatedAt:       createdAt,
 	}
-}
-
-func clone(a *asset.Asset) *asset.Asset {
-	c := *a
-	if a.AIMetadata != nil {
-		c.AIMetadata = slices.Clone(a.AIMetadata)
-	}
-	if a.Error != nil {
-		e := *a.Error
-		c.Error = &e
-	}
-	if a.ProcessedAt != nil {
-		p := *a.ProcessedAt
-		c.ProcessedAt = &p
-	}
-	return &c
 }
 
 func mustCreate(t *testing.T, s asset.Store, assets ...*asset.Asset) {

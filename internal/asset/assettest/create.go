@@ -44,7 +44,7 @@ func testCreateRoundTrip(t *testing.T, s asset.Store) {
 	empty.ProcessedAt = &zero
 
 	want := []*asset.Asset{bare, full, empty}
-	mustCreate(t, s, clone(bare), clone(full), clone(empty))
+	mustCreate(t, s, bare.Clone(), full.Clone(), empty.Clone())
 	for _, w := range want {
 		assertAsset(t, "Get", mustGet(t, s, w.ID), w)
 	}
@@ -67,7 +67,7 @@ func testCreateAllOrNone(t *testing.T, s asset.Store) {
 	ctx := context.Background()
 	t0 := baseTime()
 	first := newAsset("aon-1", "u1", t0)
-	mustCreate(t, s, clone(first))
+	mustCreate(t, s, first.Clone())
 
 	dup := newAsset("aon-1", "u2", t0.Add(time.Hour))
 	dup.Filename = "other.png"
@@ -110,7 +110,7 @@ func testCreateCopiesValues(t *testing.T, s asset.Store) {
 	a := newAsset("copy-1", "u1", baseTime())
 	a.AIMetadata = json.RawMessage(`{"k":"v"}`)
 	a.Error = &asset.Error{Code: "c", Message: "m"}
-	want := clone(a)
+	want := a.Clone()
 	mustCreate(t, s, a)
 
 	a.Filename = "changed"

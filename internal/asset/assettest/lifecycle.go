@@ -35,7 +35,7 @@ func failedOutcome(processedAt time.Time, eventID string) asset.Outcome {
 
 // finished is what a asset must become when Finish applies out.
 func finished(a *asset.Asset, out asset.Outcome) *asset.Asset {
-	w := clone(a)
+	w := a.Clone()
 	w.Status = out.Status
 	w.AIMetadata = out.AIMetadata
 	w.Error = out.Error
@@ -58,7 +58,7 @@ func testRecordAttempt(t *testing.T, s asset.Store) {
 	if err := s.RecordAttempt(ctx, a.ID, a.ProcessingJobID, 2, now); err != nil {
 		t.Fatalf("RecordAttempt under the asset's job: %v", err)
 	}
-	want := clone(a)
+	want := a.Clone()
 	want.Attempts = 2
 	want.UpdatedAt = now
 	assertAsset(t, "after RecordAttempt", mustGet(t, s, a.ID), want)
@@ -208,7 +208,7 @@ func testReprocess(t *testing.T, s asset.Store) {
 	if err != nil {
 		t.Fatalf("Reprocess of a failed asset: %v", err)
 	}
-	want := clone(a)
+	want := a.Clone()
 	want.ProcessingJobID = "job-rp-1-retry"
 	want.UpdatedAt = now
 	// Status processing, Attempts 0, no metadata, error, processedAt or event:
