@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,19 +85,19 @@ type server struct {
 }
 
 type lockedBuffer struct {
-	mu  chan struct{}
+	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
 func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu <- struct{}{}
-	defer func() { <-b.mu }()
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
 func (b *lockedBuffer) String() string {
-	b.mu <- struct{}{}
-	defer func() { <-b.mu }()
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
@@ -112,7 +113,7 @@ func startServer(t *testing.T, env map[string]string) *server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	s := &server{t: t, dir: dir, done: make(chan int, 1), stop: cancel, logs: &lockedBuffer{mu: make(chan struct{}, 1)},
+	s := &server{t: t, dir: dir, done: make(chan int, 1), stop: cancel, logs: &lockedBuffer{},
 		keys: auth.NewKeys([]byte(secret), nil)}
 	s.alice, _ = s.keys.Sign("alice", "", time.Hour)
 	go func() {
@@ -360,8 +361,8 @@ func TestServeIsolatesUsersAndStopsCleanly(t *testing.T) {
 	last := -1
 	for _, m := range order {
 		i := strings.Index(logs, m)
-		if i < last {
-			t.Fatalf("shutdown order: %s came before the step it follows (or is missing):\n%s", m, logs)
+		if i < 0 || i < last {
+			t.Fatalf("shutdown order: %s is missing or came before the step it follows:\n%s", m, logs)
 		}
 		last = i
 	}
@@ -371,7 +372,6 @@ func TestServeAddrInUseStopsInOrder(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, nil)
 	var errb lockedBuffer
-	errb.mu = make(chan struct{}, 1)
 	code := Run(context.Background(), []string{"serve"}, envOf(map[string]string{
 		"ADDR": strings.TrimPrefix(s.url, "http://"), "DATA_DIR": t.TempDir(), "JWT_SECRET": strings.Repeat("k", 32),
 	}), io.Discard, &errb)

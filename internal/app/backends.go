@@ -179,40 +179,40 @@ func (in *embeddedIntake) committer() {
 
 func (in *embeddedIntake) commitGroup(group []*commitReq) {
 	ctx := context.Background()
-	fail := func(err error) {
-		for _, r := range group {
-			if r != nil {
-				r.err <- err
-			}
-		}
-	}
 	tx, err := in.db.Write.BeginTx(ctx, nil)
 	if err != nil {
-		fail(fmt.Errorf("begin: %w", err))
+		replyAll(group, fmt.Errorf("begin: %w", err))
 		return
 	}
-	ok := 0
-	for i, r := range group {
+	// Requests whose own work fails get their error now and leave the
+	// group; the rest share the commit's outcome.
+	kept := group[:0]
+	for _, r := range group {
 		err := r.ctx.Err()
 		if err == nil {
 			err = savepoint(ctx, tx, func() error { return r.fn(context.WithoutCancel(r.ctx), tx) })
 		}
 		if err != nil {
 			r.err <- err
-			group[i] = nil
 			continue
 		}
-		ok++
+		kept = append(kept, r)
 	}
-	if ok == 0 {
+	if len(kept) == 0 {
 		tx.Rollback()
 		return
 	}
 	if err := tx.Commit(); err != nil {
-		fail(fmt.Errorf("commit: %w", err))
+		replyAll(kept, fmt.Errorf("commit: %w", err))
 		return
 	}
-	fail(nil)
+	replyAll(kept, nil)
+}
+
+func replyAll(group []*commitReq, err error) {
+	for _, r := range group {
+		r.err <- err
+	}
 }
 
 // savepoint runs fn inside a savepoint of tx and undoes only fn's writes
