@@ -56,7 +56,7 @@ func (s *Store) Create(ctx context.Context, assets ...*asset.Asset) error {
 	if len(assets) == 0 {
 		return nil
 	}
-	return s.inTx(ctx, func(tx *sql.Tx) error { return s.CreateTx(ctx, tx, assets...) })
+	return s.db.InTx(ctx, func(tx *sql.Tx) error { return s.CreateTx(ctx, tx, assets...) })
 }
 
 // CreateTx inserts assets inside the caller's write transaction on the same
@@ -68,24 +68,14 @@ func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, assets ...*asset.Asset
 	if len(assets) == 0 {
 		return nil
 	}
-	if _, err := tx.ExecContext(ctx, `SAVEPOINT asset_create`); err != nil {
-		return fmt.Errorf("sqlitestore: create: %w", err)
-	}
-	for _, a := range assets {
-		if err := insert(ctx, tx, a); err != nil {
-			// Undo this call's rows even if ctx is done, so that tx holds
-			// none of them whatever the caller does next.
-			uctx := context.WithoutCancel(ctx)
-			if _, rerr := tx.ExecContext(uctx, `ROLLBACK TO asset_create; RELEASE asset_create`); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("sqlitestore: create: undo: %w", rerr))
+	return sqlitedb.Savepoint(ctx, tx, func() error {
+		for _, a := range assets {
+			if err := insert(ctx, tx, a); err != nil {
+				return err
 			}
-			return err
 		}
-	}
-	if _, err := tx.ExecContext(ctx, `RELEASE asset_create`); err != nil {
-		return fmt.Errorf("sqlitestore: create: %w", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 func insert(ctx context.Context, q querier, a *asset.Asset) error {
@@ -224,7 +214,7 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 // Reprocess moves a failed asset to processing under newJobID.
 func (s *Store) Reprocess(ctx context.Context, id, newJobID string, now time.Time) (*asset.Asset, error) {
 	var a *asset.Asset
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		a, err = s.ReprocessTx(ctx, tx, id, newJobID, now)
 		return err
@@ -307,22 +297,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	var n int
 	if err := s.db.Read.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)`).Scan(&n); err != nil {
 		return fmt.Errorf("sqlitestore: ping: %w", err)
-	}
-	return nil
-}
-
-// inTx runs fn in a write transaction and commits it if fn succeeds.
-func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.Write.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("sqlitestore: begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlitestore: commit: %w", err)
 	}
 	return nil
 }

@@ -169,7 +169,7 @@ const findByID = `SELECT id, state FROM river_job WHERE kind = ? AND json_extrac
 // MaxAttempts from this Queue's Policy. Its ID, payload and error history
 // stay.
 func (q *Queue) Retry(ctx context.Context, id string) error {
-	return q.inTx(ctx, func(tx *sql.Tx) error { return q.RetryTx(ctx, tx, id) })
+	return q.db.InTx(ctx, func(tx *sql.Tx) error { return q.RetryTx(ctx, tx, id) })
 }
 
 // RetryTx is Retry inside the caller's transaction on db.Write, so that an
@@ -198,7 +198,7 @@ func (q *Queue) RetryTx(ctx context.Context, tx *sql.Tx, id string) error {
 
 // Delete removes a job that is not running.
 func (q *Queue) Delete(ctx context.Context, id string) error {
-	return q.inTx(ctx, func(tx *sql.Tx) error {
+	return q.db.InTx(ctx, func(tx *sql.Tx) error {
 		rid, state, err := lookup(ctx, tx, id)
 		if err != nil {
 			return err
