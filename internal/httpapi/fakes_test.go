@@ -78,7 +78,6 @@ func (f *fakeAssets) listCalls() []listCall {
 // submission is one call of Intake.Submit.
 type submission struct {
 	Assets []*asset.Asset
-	Jobs   []queue.Job
 }
 
 // fakeIntake records submissions. Resubmit moves a failed asset of its
@@ -97,7 +96,7 @@ type fakeIntake struct {
 	now         time.Time
 }
 
-func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset, jobs []queue.Job) error {
+func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset) error {
 	f.mu.Lock()
 	hook, err := f.submitHook, f.submitErr
 	f.mu.Unlock()
@@ -116,7 +115,7 @@ func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset, jobs []q
 		c := *a
 		cp[i] = &c
 	}
-	f.submissions = append(f.submissions, submission{cp, append([]queue.Job(nil), jobs...)})
+	f.submissions = append(f.submissions, submission{cp})
 	return nil
 }
 

@@ -23,11 +23,12 @@ type Assets interface {
 	List(ctx context.Context, userID string, q asset.ListQuery) (asset.Page, error)
 }
 
-// Intake makes accepted work durable.
+// Intake makes accepted work durable. It builds each asset's job itself.
 type Intake interface {
-	// Submit stores the assets and enqueues their jobs together: when it
-	// returns nil, both are durable; on error, neither is visible.
-	Submit(ctx context.Context, assets []*asset.Asset, jobs []queue.Job) error
+	// Submit stores the assets, each processing under its ProcessingJobID,
+	// and enqueues their jobs: when it returns nil, both are durable; on
+	// error, nothing was accepted.
+	Submit(ctx context.Context, assets []*asset.Asset) error
 	// Resubmit moves a failed asset back to processing under newJobID and
 	// enqueues that job together (asset.ErrConflict if it is not failed).
 	Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error)

@@ -20,8 +20,6 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/imageinfo"
-	"github.com/klectr/klectr/internal/pipeline"
-	"github.com/klectr/klectr/internal/queue"
 )
 
 // uploadField is the multipart field that carries the images.
@@ -41,7 +39,8 @@ type stored struct {
 
 // analyzeQueue is POST /api/assets/analyze-queue: stream every file of field
 // "images" to the blob store (hashing on the way), check its type and size
-// from its bytes, and commit all assets and their jobs at once. Any refusal
+// from its bytes, and hand all assets to the intake, which commits them and
+// their jobs at once. Any refusal
 // removes every blob the request wrote: a request is all or nothing.
 func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
@@ -81,7 +80,6 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 
 	now := s.Now().UTC().Truncate(time.Millisecond)
 	assets := make([]*asset.Asset, len(files))
-	jobs := make([]queue.Job, len(files))
 	for i, f := range files {
 		a := &asset.Asset{
 			ID:              s.NewID(),
@@ -98,14 +96,9 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 			CreatedAt:       now,
 			UpdatedAt:       now,
 		}
-		job, err := pipeline.NewJob(a, now)
-		if err != nil {
-			s.writeError(w, r, internalError(codeInternal, err))
-			return
-		}
-		assets[i], jobs[i] = a, job
+		assets[i] = a
 	}
-	if err := s.Intake.Submit(ctx, assets, jobs); err != nil {
+	if err := s.Intake.Submit(ctx, assets); err != nil {
 		s.writeError(w, r, internalError(codeUnavailable, err))
 		return
 	}

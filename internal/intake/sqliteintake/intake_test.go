@@ -1,0 +1,149 @@
+package sqliteintake_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/asset/sqlitestore"
+	"github.com/klectr/klectr/internal/intake/sqliteintake"
+	"github.com/klectr/klectr/internal/queue"
+	"github.com/klectr/klectr/internal/queue/riverqueue"
+	"github.com/klectr/klectr/internal/sqlitedb"
+	"github.com/klectr/klectr/internal/wire"
+)
+
+type env struct {
+	db     *sqlitedb.DB
+	store  *sqlitestore.Store
+	queue  *riverqueue.Queue
+	intake *sqliteintake.Intake
+}
+
+// newEnv opens the embedded backends on a fresh file, enqueue only (no
+// worker), so that jobs stay where the intake put them.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sqlitedb.Open(ctx, filepath.Join(t.TempDir(), "klectr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	store, err := sqlitestore.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := riverqueue.New(ctx, db, riverqueue.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := sqliteintake.New(db, store, q)
+	t.Cleanup(in.Close)
+	return &env{db: db, store: store, queue: q, intake: in}
+}
+
+func testAsset(id string) *asset.Asset {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	return &asset.Asset{ID: id, UserID: "u1", Status: asset.StatusProcessing, ProcessingJobID: ulid.Make().String(),
+		ContentType: "image/png", Size: 10, SHA256: "00", Width: 1, Height: 1,
+		BlobKey: "0123456789abcdef0123456789abcdef", CreatedAt: now, UpdatedAt: now}
+}
+
+// A group commit is all or nothing per request, never per group: one
+// request that fails (a duplicate id) or whose client went away leaves the
+// others of its group committed.
+func TestIntakeGroupCommitIsolatesRequests(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+
+	taken := testAsset(ulid.Make().String())
+	if err := e.intake.Submit(ctx, []*asset.Asset{taken}); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 40
+	errs := make([]error, n)
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		id := ulid.Make().String()
+		if i%10 == 3 {
+			id = taken.ID // fails: the asset exists
+		}
+		ids[i] = id
+		a := testAsset(id)
+		rctx := ctx
+		if i%10 == 7 {
+			c, cancel := context.WithCancel(ctx)
+			cancel() // the client went away before its turn
+			rctx = c
+		}
+		wg.Go(func() { errs[i] = e.intake.Submit(rctx, []*asset.Asset{a}) })
+	}
+	wg.Wait()
+
+	stored := 0
+	for i, err := range errs {
+		_, gerr := e.store.Get(ctx, ids[i])
+		switch i % 10 {
+		case 3:
+			if !errors.Is(err, asset.ErrDuplicate) {
+				t.Errorf("request %d (duplicate id): %v", i, err)
+			}
+		case 7:
+			if !errors.Is(err, context.Canceled) || !errors.Is(gerr, asset.ErrNotFound) {
+				t.Errorf("request %d (cancelled): err %v, stored %v", i, err, gerr)
+			}
+		default:
+			if err != nil || gerr != nil {
+				t.Errorf("request %d: err %v, get %v", i, err, gerr)
+			}
+			stored++
+		}
+	}
+	counts, err := e.queue.Counts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[queue.Pending] != stored+1 {
+		t.Fatalf("%d pending jobs for %d stored assets (+1 before)", counts[queue.Pending], stored)
+	}
+}
+
+// Submit enqueues, for each asset, the job the contract describes: its id is
+// the asset's processing job id, its payload names the asset and its blob.
+func TestSubmitBuildsEachAssetsJob(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	as := []*asset.Asset{testAsset(ulid.Make().String()), testAsset(ulid.Make().String())}
+	if err := e.intake.Submit(ctx, as); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		info, err := e.queue.Get(ctx, a.ProcessingJobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := wire.DecodeJob(info.ID, info.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Queue != queue.AIProcessing || info.State != queue.Pending || p.AssetID != a.ID ||
+			p.UserID != a.UserID || p.BlobKey != a.BlobKey || p.SHA256 != a.SHA256 || p.Size != a.Size {
+			t.Errorf("job %+v payload %+v for asset %+v", info, p, *a)
+		}
+	}
+	e.intake.Close()
+	if err := e.intake.Submit(ctx, []*asset.Asset{testAsset(ulid.Make().String())}); !errors.Is(err, sqliteintake.ErrClosed) {
+		t.Fatalf("Submit after Close: %v, want ErrClosed", err)
+	}
+}
