@@ -22,7 +22,8 @@ Usage:
   klectr token  [flags] <user>     print a signed JWT for <user> (-role admin, -ttl 24h)
   klectr jobs list   [-state dead] [-limit 100]
   klectr jobs retry  <job id>      replay a dead job (its asset goes back to processing)
-  klectr jobs delete <job id>      delete a job that is not running
+  klectr jobs delete <job id>      delete a job that is not running (its asset, if still
+                                   processing under it, fails with job_deleted)
   klectr help
 
 Every setting is an environment variable and a flag of the same meaning:

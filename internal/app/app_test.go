@@ -105,6 +105,12 @@ func (b *lockedBuffer) String() string {
 // of a fresh data directory, and waits until it listens.
 func startServer(t *testing.T, env map[string]string) *server {
 	t.Helper()
+	return startMode(t, modeServe, env)
+}
+
+// startMode is startServer for any server subcommand.
+func startMode(t *testing.T, m mode, env map[string]string) *server {
+	t.Helper()
 	dir := t.TempDir()
 	secret := strings.Repeat("k", 32)
 	full := map[string]string{"ADDR": "127.0.0.1:0", "DATA_DIR": dir, "JWT_SECRET": secret, "LOG_LEVEL": "debug"}
@@ -117,7 +123,7 @@ func startServer(t *testing.T, env map[string]string) *server {
 		keys: auth.NewKeys([]byte(secret), nil)}
 	s.alice, _ = s.keys.Sign("alice", "", time.Hour)
 	go func() {
-		s.done <- Run(ctx, []string{"serve"}, envOf(full), io.Discard, pw)
+		s.done <- Run(ctx, []string{string(m)}, envOf(full), io.Discard, pw)
 		pw.Close()
 	}()
 	addr := make(chan string, 1)
@@ -441,5 +447,43 @@ func TestJobsCommands(t *testing.T) {
 	}
 	if code, out, _ := run("jobs", "list", "-state", "dead"); code != 0 || out != "" {
 		t.Fatalf("dead jobs after delete: %q", out)
+	}
+}
+
+// Issue 7, defect 3: deleting a job that has not run (through the admin API
+// or `klectr jobs delete`) fails its asset with job_deleted instead of
+// leaving it processing for ever; its owner can retry it. klectr api runs
+// no worker, so the jobs stay pending.
+func TestDeletingAPendingJobFailsItsAsset(t *testing.T) {
+	t.Parallel()
+	s := startMode(t, modeAPI, nil)
+	admin, _ := s.keys.Sign("ops", "admin", time.Hour)
+	ids := s.uploadOK(s.alice, "valid/go-turns-two-280x360.jpeg", "valid/go-turns-two-280x360.jpeg")
+	jobOf := func(id string) string {
+		var a assetReply
+		resp, b := s.do("GET", "/api/assets/"+id, s.alice, nil, "")
+		if resp.StatusCode != 200 || json.Unmarshal(b, &a) != nil || a.Status != "processing" {
+			t.Fatalf("asset %s: %d %s", id, resp.StatusCode, b)
+		}
+		return a.ProcessingJobID
+	}
+	viaAPI, viaCLI := jobOf(ids[0]), jobOf(ids[1])
+
+	if resp, b := s.do("DELETE", "/api/admin/jobs/"+viaAPI, admin, nil, ""); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("admin delete: %d %s", resp.StatusCode, b)
+	}
+	env := envOf(map[string]string{"DATA_DIR": s.dir, "JWT_SECRET": strings.Repeat("k", 32)})
+	var out, errb bytes.Buffer
+	if code := Run(context.Background(), []string{"jobs", "delete", viaCLI}, env, &out, &errb); code != 0 {
+		t.Fatalf("jobs delete: %d %s %s", code, out.String(), errb.String())
+	}
+	for _, id := range ids {
+		a := s.waitFinal(s.alice, id)
+		if a.Status != "failed" || a.Error == nil || a.Error.Code != "job_deleted" {
+			t.Fatalf("asset %s after its job was deleted: %+v", id, a)
+		}
+		if resp, b := s.do("POST", "/api/assets/"+id+"/retry", s.alice, nil, ""); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("retry after the delete: %d %s", resp.StatusCode, b)
+		}
 	}
 }

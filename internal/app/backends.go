@@ -66,7 +66,7 @@ func openBackends(ctx context.Context, cfg *config.Config, log *slog.Logger, qo 
 		db.Close()
 		return nil, err
 	}
-	b.intake = sqliteintake.New(db, b.store, b.queue)
+	b.intake = sqliteintake.New(db, b.store, b.queue, newIDs())
 	return b, nil
 }
 

@@ -84,6 +84,7 @@ type submission struct {
 // fakeAssets back to processing, as the real intake does in one transaction.
 type fakeIntake struct {
 	assets *fakeAssets
+	jobs   *fakeJobs // DeleteJob deletes here
 
 	mu          sync.Mutex
 	submitErr   error
@@ -145,6 +146,10 @@ func (f *fakeIntake) Replay(_ context.Context, jobID string) error {
 	defer f.mu.Unlock()
 	f.replays = append(f.replays, jobID)
 	return f.replayErr
+}
+
+func (f *fakeIntake) DeleteJob(ctx context.Context, jobID string) error {
+	return f.jobs.Delete(ctx, jobID)
 }
 
 func (f *fakeIntake) submitted() []submission {

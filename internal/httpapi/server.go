@@ -35,6 +35,10 @@ type Intake interface {
 	// Replay runs a dead job again, moving its asset back to processing
 	// (queue.ErrNotFound, queue.ErrNotDead).
 	Replay(ctx context.Context, jobID string) error
+	// DeleteJob deletes a job that is not running (queue.ErrNotFound,
+	// queue.ErrActive) and fails its asset if the asset is still processing
+	// under it, so that no asset is left processing without a job.
+	DeleteJob(ctx context.Context, jobID string) error
 }
 
 // Jobs is what the admin API reads and changes of the queue.
@@ -42,7 +46,6 @@ type Jobs interface {
 	Counts(ctx context.Context) (map[queue.State]int, error)
 	List(ctx context.Context, state queue.State, limit int) ([]queue.Info, error)
 	Get(ctx context.Context, id string) (queue.Info, error)
-	Delete(ctx context.Context, id string) error
 }
 
 // Limits bound an upload request.

@@ -20,6 +20,24 @@ const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
 // FormatTime writes t in TimeFormat.
 func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 
+// CodeJobDeleted is the error code of an asset whose job an operator
+// deleted before it finished (asset.Error.Code, and the event's error).
+const CodeJobDeleted = "job_deleted"
+
+// JobDeleted is the final state of an asset processing under a job that an
+// operator deleted: failed, so that the asset leaves processing, its event
+// is owed and its owner may retry it.
+func JobDeleted(a *asset.Asset, now time.Time, eventID string) asset.Outcome {
+	return asset.Outcome{
+		Status: asset.StatusFailed,
+		Error: &asset.Error{Code: CodeJobDeleted,
+			Message: "an operator deleted the analysis job before it finished; retry to analyse the image again"},
+		Attempts:    a.Attempts,
+		ProcessedAt: now,
+		EventID:     eventID,
+	}
+}
+
 // JobPayload is the JSON body of an ai-processing job. It carries what the
 // worker needs to find the image without reading the asset first.
 type JobPayload struct {

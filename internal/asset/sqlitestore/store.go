@@ -114,6 +114,19 @@ func (s *Store) Get(ctx context.Context, id string) (*asset.Asset, error) {
 	return a, nil
 }
 
+// GetTx is Get inside the caller's write transaction: it sees what tx has
+// written, and it uses only tx.
+func (s *Store) GetTx(ctx context.Context, tx *sql.Tx, id string) (*asset.Asset, error) {
+	a, err := scanAsset(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM assets WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, asset.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, err)
+	}
+	return a, nil
+}
+
 // Page size bounds; a Limit outside them is clamped (see assettest).
 const (
 	minLimit = 1
@@ -184,6 +197,17 @@ func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int
 // when the asset is not processing under jobID, asset.ErrNotFound when it is
 // gone, and rejects an outcome that is not final or has no event id.
 func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	return finish(ctx, s.db.Write, id, jobID, out)
+}
+
+// FinishTx is Finish inside the caller's write transaction, so that an
+// operator's deletion of a job fails its asset in the same commit. It uses
+// only tx.
+func (s *Store) FinishTx(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	return finish(ctx, tx, id, jobID, out)
+}
+
+func finish(ctx context.Context, q querier, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
 	if out.Status != asset.StatusDraft && out.Status != asset.StatusFailed {
 		return nil, fmt.Errorf("sqlitestore: finish %s: outcome status %q is not final", id, out.Status)
 	}
@@ -195,7 +219,7 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 		errCode, errMsg = &out.Error.Code, &out.Error.Message
 	}
 	ms := out.ProcessedAt.UnixMilli()
-	a, err := scanAsset(s.db.Write.QueryRowContext(ctx, `UPDATE assets SET
+	a, err := scanAsset(q.QueryRowContext(ctx, `UPDATE assets SET
 			status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
 			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
 		WHERE id = ? AND status = 'processing' AND processing_job_id = ?
@@ -203,7 +227,7 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 		string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
 		ms, ms, out.EventID, id, jobID))
 	if errors.Is(err, sql.ErrNoRows) {
-		err = missingOrConflict(ctx, s.db.Write, id)
+		err = missingOrConflict(ctx, q, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: finish %s: %w", id, err)

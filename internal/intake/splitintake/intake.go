@@ -136,3 +136,33 @@ func (in *Intake) Replay(ctx context.Context, jobID string) error {
 	}
 	return in.queue.Retry(ctx, jobID)
 }
+
+// DeleteJob deletes a job that is not running (queue.ErrActive if it is,
+// queue.ErrNotFound if there is none), failing its asset first if the asset
+// is still processing under it (wire.CodeJobDeleted, its event owed). A
+// crash between the two leaves a failed asset and its job, which the
+// handler then acknowledges without work; a job that starts running in
+// between is refused (ErrActive) and likewise acknowledged.
+func (in *Intake) DeleteJob(ctx context.Context, jobID string) error {
+	info, err := in.queue.Get(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	if info.State == queue.Active {
+		return fmt.Errorf("splitintake: delete job %s: %w", jobID, queue.ErrActive)
+	}
+	if p, err := wire.DecodeJob(info.ID, info.Payload); err == nil {
+		a, err := in.store.Get(ctx, p.AssetID)
+		switch {
+		case errors.Is(err, asset.ErrNotFound):
+		case err != nil:
+			return err
+		case a.Status == asset.StatusProcessing && a.ProcessingJobID == jobID:
+			_, err := in.store.Finish(ctx, a.ID, jobID, wire.JobDeleted(a, in.now(), in.newID()))
+			if err != nil && !errors.Is(err, asset.ErrConflict) && !errors.Is(err, asset.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return in.queue.Delete(ctx, jobID)
+}

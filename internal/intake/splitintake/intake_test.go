@@ -291,3 +291,45 @@ func TestReplayMovesTheAssetBackFirst(t *testing.T) {
 		t.Fatalf("after replay: asset %s under %s, job %s", got.Status, got.ProcessingJobID, info.State)
 	}
 }
+
+// Issue 7, defect 3 in the split shape: the asset is failed first
+// (job_deleted, event owed), then the job goes; a running job is refused
+// before anything changes.
+func TestDeleteJobFailsTheAssetFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, q := newMemStore(), newMemQueue()
+	in := newIntake(s, q, new(bytes.Buffer))
+	a, running := testAsset(), testAsset()
+	if err := in.Submit(ctx, []*asset.Asset{a, running}); err != nil {
+		t.Fatal(err)
+	}
+	q.setState(running.ProcessingJobID, queue.Active)
+	if err := in.DeleteJob(ctx, running.ProcessingJobID); !errors.Is(err, queue.ErrActive) {
+		t.Fatalf("delete of a running job: %v", err)
+	}
+	if got, _ := s.Get(ctx, running.ID); got.Status != asset.StatusProcessing {
+		t.Fatalf("a refused delete changed the asset: %+v", *got)
+	}
+
+	// The queue fails after the asset was failed: the asset still ends
+	// failed, and the job, when it runs, finds nothing to do.
+	q.deleteErr = errors.New("redis: down")
+	if err := in.DeleteJob(ctx, a.ProcessingJobID); err == nil {
+		t.Fatal("delete with the queue down succeeded")
+	}
+	got, _ := s.Get(ctx, a.ID)
+	if got.Status != asset.StatusFailed || got.Error.Code != wire.CodeJobDeleted || !got.EventPending {
+		t.Fatalf("asset after its job's delete: %+v", *got)
+	}
+	q.deleteErr = nil
+	if err := in.DeleteJob(ctx, a.ProcessingJobID); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.Get(ctx, a.ID); again.EventID != got.EventID {
+		t.Fatalf("a second delete changed the failed asset's event: %s then %s", got.EventID, again.EventID)
+	}
+	if err := in.DeleteJob(ctx, a.ProcessingJobID); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("delete of a deleted job: %v", err)
+	}
+}

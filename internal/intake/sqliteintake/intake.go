@@ -33,6 +33,7 @@ type Intake struct {
 	store *sqlitestore.Store
 	queue *riverqueue.Queue
 	now   func() time.Time
+	newID func() string
 
 	reqs chan *commitReq
 	quit chan struct{}
@@ -52,9 +53,10 @@ const maxGroup = 64
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("sqliteintake: closed")
 
-// New starts the group committer. store and q must be on db.
-func New(db *sqlitedb.DB, store *sqlitestore.Store, q *riverqueue.Queue) *Intake {
-	in := &Intake{db: db, store: store, queue: q, now: time.Now,
+// New starts the group committer. store and q must be on db; newID makes
+// event ids (deleting a job fails its asset, which owes its event).
+func New(db *sqlitedb.DB, store *sqlitestore.Store, q *riverqueue.Queue, newID func() string) *Intake {
+	in := &Intake{db: db, store: store, queue: q, now: time.Now, newID: newID,
 		reqs: make(chan *commitReq), quit: make(chan struct{}), done: make(chan struct{})}
 	go in.committer()
 	return in
@@ -130,6 +132,39 @@ func (in *Intake) Replay(ctx context.Context, jobID string) error {
 			return err
 		}
 		return in.queue.RetryTx(ctx, tx, jobID)
+	})
+}
+
+// DeleteJob deletes a job that is not running (queue.ErrActive if it is,
+// queue.ErrNotFound if there is none) and, in the same transaction, fails
+// its asset if the asset is still processing under it (wire.CodeJobDeleted,
+// its event owed): a deleted job never strands its asset in processing.
+func (in *Intake) DeleteJob(ctx context.Context, jobID string) error {
+	info, err := in.queue.Get(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	p, err := wire.DecodeJob(info.ID, info.Payload)
+	if err != nil {
+		// Not one of ours to reconcile; the job can still go.
+		return in.queue.Delete(ctx, jobID)
+	}
+	return in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if err := in.queue.DeleteTx(ctx, tx, jobID); err != nil {
+			return err
+		}
+		a, err := in.store.GetTx(ctx, tx, p.AssetID)
+		if errors.Is(err, asset.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if a.Status != asset.StatusProcessing || a.ProcessingJobID != jobID {
+			return nil
+		}
+		_, err = in.store.FinishTx(ctx, tx, a.ID, jobID, wire.JobDeleted(a, in.now(), in.newID()))
+		return err
 	})
 }
 

@@ -44,7 +44,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := sqliteintake.New(db, store, q)
+	in := sqliteintake.New(db, store, q, func() string { return ulid.Make().String() })
 	t.Cleanup(in.Close)
 	return &env{db: db, store: store, queue: q, intake: in}
 }
@@ -145,5 +145,84 @@ func TestSubmitBuildsEachAssetsJob(t *testing.T) {
 	e.intake.Close()
 	if err := e.intake.Submit(ctx, []*asset.Asset{testAsset(ulid.Make().String())}); !errors.Is(err, sqliteintake.ErrClosed) {
 		t.Fatalf("Submit after Close: %v, want ErrClosed", err)
+	}
+}
+
+// setJobState moves a job's River row to state, as a worker would.
+func (e *env) setJobState(t *testing.T, jobID, state string) {
+	t.Helper()
+	_, err := e.db.Write.Exec(`UPDATE river_job SET state = ?, attempt = 1,
+		finalized_at = CASE WHEN ? IN ('discarded', 'completed') THEN datetime('now') END
+		WHERE json_extract(args, '$.id') = ?`, state, state, jobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Issue 7, defect 3: deleting a job that is not running fails its asset if
+// the asset is still processing under it — in the same transaction, with
+// its event owed — instead of stranding it in processing; the owner can then
+// retry it. A running job is refused and nothing changes.
+func TestDeleteJobFailsItsProcessingAsset(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	submit := func() *asset.Asset {
+		a := testAsset(ulid.Make().String())
+		if err := e.intake.Submit(ctx, []*asset.Asset{a}); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, state := range []string{"available", "discarded", "retryable"} {
+		a := submit()
+		e.setJobState(t, a.ProcessingJobID, state)
+		if err := e.intake.DeleteJob(ctx, a.ProcessingJobID); err != nil {
+			t.Fatalf("%s job: %v", state, err)
+		}
+		got, err := e.store.Get(ctx, a.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != wire.CodeJobDeleted ||
+			!got.EventPending || got.EventID == "" || got.ProcessedAt == nil {
+			t.Errorf("%s job deleted: asset %+v, want failed with %s and its event owed", state, *got, wire.CodeJobDeleted)
+		}
+		if _, err := e.queue.Get(ctx, a.ProcessingJobID); !errors.Is(err, queue.ErrNotFound) {
+			t.Errorf("%s job still there: %v", state, err)
+		}
+		if _, err := e.intake.Resubmit(ctx, a.ID, ulid.Make().String()); err != nil {
+			t.Errorf("retry after the delete: %v", err)
+		}
+	}
+
+	running := submit()
+	e.setJobState(t, running.ProcessingJobID, "running")
+	if err := e.intake.DeleteJob(ctx, running.ProcessingJobID); !errors.Is(err, queue.ErrActive) {
+		t.Fatalf("delete of a running job: %v, want ErrActive", err)
+	}
+	if got, _ := e.store.Get(ctx, running.ID); got.Status != asset.StatusProcessing {
+		t.Errorf("asset of a running job is %s after a refused delete", got.Status)
+	}
+	if _, err := e.queue.Get(ctx, running.ProcessingJobID); err != nil {
+		t.Errorf("running job gone after a refused delete: %v", err)
+	}
+
+	// A job whose asset has moved on (finished, or retried under a new job)
+	// goes without touching the asset.
+	done := submit()
+	if _, err := e.store.Finish(ctx, done.ID, done.ProcessingJobID, asset.Outcome{Status: asset.StatusDraft,
+		EventID: "ev1", ProcessedAt: time.Now(), AIMetadata: []byte(`{"a":1}`)}); err != nil {
+		t.Fatal(err)
+	}
+	e.setJobState(t, done.ProcessingJobID, "completed")
+	if err := e.intake.DeleteJob(ctx, done.ProcessingJobID); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.store.Get(ctx, done.ID); got.Status != asset.StatusDraft || got.EventID != "ev1" {
+		t.Errorf("a draft asset changed when its completed job was deleted: %+v", *got)
+	}
+	if err := e.intake.DeleteJob(ctx, done.ProcessingJobID); !errors.Is(err, queue.ErrNotFound) {
+		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
 }
