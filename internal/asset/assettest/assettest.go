@@ -59,6 +59,8 @@ func TestStore(t *testing.T, newStore func(t *testing.T) asset.Store) {
 		{"PendingEvents/EventSentMatchesID", testEventSent},
 		{"PendingEvents/AcrossReprocess", testEventSentAcrossReprocess},
 		{"Delete", testDelete},
+		{"Processing/Pages", testProcessingPages},
+		{"BlobsInUse", testBlobsInUse},
 		{"Ping", testPing},
 	}
 	for _, tt := range tests {
