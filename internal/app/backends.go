@@ -10,6 +10,7 @@ import (
 	"github.com/klectr/klectr/internal/asset/sqlitestore"
 	"github.com/klectr/klectr/internal/blob"
 	"github.com/klectr/klectr/internal/config"
+	"github.com/klectr/klectr/internal/httpapi"
 	"github.com/klectr/klectr/internal/intake/sqliteintake"
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/queue/riverqueue"
@@ -70,13 +71,16 @@ func openBackends(ctx context.Context, cfg *config.Config, log *slog.Logger, qo 
 	return b, nil
 }
 
-// ready reports whether the store and the queue answer.
-func (b *backends) ready(ctx context.Context) error {
-	if err := b.store.Ping(ctx); err != nil {
+// checks are what /readyz reports. The store must take writes: a probe
+// commit, and room on its file system (see minFree). The queue shares the
+// store's file, so a read of it suffices.
+func (b *backends) checks(cfg *config.Config) []httpapi.Check {
+	store := throttled(all(spaceCheck(cfg.DataDir, minFree), b.db.WriteProbe), probeEvery)
+	queue := func(ctx context.Context) error {
+		_, err := b.queue.Counts(ctx)
 		return err
 	}
-	_, err := b.queue.Counts(ctx)
-	return err
+	return readyChecks(store, queue, always, spaceCheck(filepath.Join(cfg.DataDir, "blobs"), minFree))
 }
 
 func (b *backends) Close() error {

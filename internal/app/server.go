@@ -160,7 +160,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			Limits:  httpapi.Limits{MaxFiles: cfg.MaxFiles, MaxFileBytes: cfg.MaxFileBytes, MaxPixels: cfg.MaxPixels},
 			Log:     log.With("component", "http"),
 			NewID:   ids,
-			Ready:   b.ready,
+			Ready:   b.checks(cfg),
 			Socket:  rt,
 			Metrics: mx.handler(),
 			Limiter: limiter,

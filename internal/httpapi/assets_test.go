@@ -2,7 +2,6 @@ package httpapi_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/klectr/klectr/internal/asset"
-	"github.com/klectr/klectr/internal/httpapi"
 )
 
 // newAsset is a stored asset of user in status st; draft and failed ones
@@ -349,15 +347,4 @@ func TestUnknownRoute(t *testing.T) {
 	e := newEnv(t)
 	r := e.do(t, e.request(t, "GET", "/api/nothing-here", e.token(t, "u1", ""), nil), doOptions{noContract: true})
 	r.wantError(t, http.StatusNotFound, "not_found")
-}
-
-func TestReadyzDown(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, func(d *httpapi.Deps) {
-		d.Ready = func(context.Context) error { return errors.New("sqlite: database is locked") }
-	})
-	b := e.get(t, "/readyz", "").wantError(t, 503, "unavailable")
-	if strings.Contains(b.Error.Message, "sqlite") {
-		t.Errorf("the 503 leaks its cause: %q", b.Error.Message)
-	}
 }

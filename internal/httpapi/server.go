@@ -7,6 +7,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -71,11 +73,19 @@ type Deps struct {
 	Limits  Limits
 	Log     *slog.Logger
 	Now     func() time.Time
-	NewID   func() string                   // nil: ULIDs
-	Ready   func(ctx context.Context) error // nil: always ready
-	Socket  http.Handler                    // mounted at /socket.io/ when set
-	Metrics http.Handler                    // mounted at /metrics when set
-	Limiter Limiter                         // nil: no per-user rate limit
+	NewID   func() string // nil: ULIDs
+	Ready   []Check       // what /readyz checks; none: always ready
+	Socket  http.Handler  // mounted at /socket.io/ when set
+	Metrics http.Handler  // mounted at /metrics when set
+	Limiter Limiter       // nil: no per-user rate limit
+}
+
+// Check is one dependency that /readyz reports by name (store, queue, bus,
+// blobs). Check returns nil when the dependency can do its work now; for a
+// store that means accepting writes, not only answering reads.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
 }
 
 // Limiter decides whether a user may upload now; when not, it says how long
@@ -89,6 +99,9 @@ type Server struct {
 	Deps
 	log *slog.Logger
 	mux *http.ServeMux
+
+	readyMu sync.Mutex
+	failing map[string]bool // checks that failed last time, to log changes only
 }
 
 // New returns the API's handler with every route registered.
@@ -105,7 +118,7 @@ func New(d Deps) *Server {
 	if d.Limits.MinBodyBytes == 0 {
 		d.Limits.MinBodyBytes = 16 << 10
 	}
-	s := &Server{Deps: d, log: d.Log, mux: http.NewServeMux()}
+	s := &Server{Deps: d, log: d.Log, mux: http.NewServeMux(), failing: map[string]bool{}}
 	s.routes()
 	return s
 }
@@ -157,16 +170,49 @@ func (s *Server) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// readyTimeout bounds each readiness check.
+const readyTimeout = 2 * time.Second
+
+// readyz is GET /readyz: every check runs at once, each bounded, and the
+// reply names each dependency's state. Causes are logged, never sent: the
+// probe is unauthenticated.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.Ready(ctx); err != nil {
-			s.writeError(w, r, internalError(codeUnavailable, err))
-			return
-		}
+	errs := make([]error, len(s.Ready))
+	var wg sync.WaitGroup
+	for i, c := range s.Ready {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+			defer cancel()
+			errs[i] = c.Check(ctx)
+		})
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	wg.Wait()
+
+	checks := make(map[string]string, len(s.Ready))
+	var down []string
+	s.readyMu.Lock()
+	for i, c := range s.Ready {
+		checks[c.Name] = "ok"
+		if errs[i] != nil {
+			checks[c.Name] = "unavailable"
+			down = append(down, c.Name)
+			if !s.failing[c.Name] {
+				s.log.WarnContext(r.Context(), "not ready", "dependency", c.Name, "err", errs[i])
+			}
+		} else if s.failing[c.Name] {
+			s.log.InfoContext(r.Context(), "ready again", "dependency", c.Name)
+		}
+		s.failing[c.Name] = errs[i] != nil
+	}
+	s.readyMu.Unlock()
+	if len(down) > 0 {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+			"error":  map[string]string{"code": string(codeUnavailable), "message": "not ready: " + strings.Join(down, ", ")},
+			"checks": checks,
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
 }
 
 // claims returns the authenticated caller; routes that call it are behind
