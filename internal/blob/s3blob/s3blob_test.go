@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -17,8 +16,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/johannesboyne/gofakes3"
-	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/klectr/klectr/internal/blob"
@@ -27,27 +24,7 @@ import (
 
 const bucket = "klectr-test"
 
-// fakeS3Handler is a real S3-protocol server (gofakes3 on its in-memory
-// backend) holding one empty bucket.
-func fakeS3Handler() (http.Handler, error) {
-	backend := s3mem.New()
-	if err := backend.CreateBucket(bucket); err != nil {
-		return nil, err
-	}
-	return gofakes3.New(backend).Server(), nil
-}
-
-// fakeS3 serves fakeS3Handler on loopback for t and returns its URL.
-func fakeS3(t *testing.T) string {
-	t.Helper()
-	h, err := fakeS3Handler()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv.URL
-}
+func fakeS3(t *testing.T) string { return blobtest.S3Server(t, bucket) }
 
 func newStore(t *testing.T, endpoint, prefix string) *Store {
 	t.Helper()
@@ -206,13 +183,13 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
-// serverEnv makes the test binary serve fakeS3Handler on loopback and print
+// serverEnv makes the test binary serve blobtest.S3Handler on loopback and print
 // its URL, so TestPutMemory measures a heap the server does not share.
 const serverEnv = "KLECTR_S3BLOB_FAKE_SERVER"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(serverEnv) != "" {
-		h, err := fakeS3Handler()
+		h, err := blobtest.S3Handler(bucket)
 		if err != nil {
 			panic(err)
 		}
