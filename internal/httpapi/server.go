@@ -123,6 +123,14 @@ func New(d Deps) *Server {
 	return s
 }
 
+// NewProbes returns a handler of the probes only (/healthz, /readyz and
+// /metrics when set), for a process that serves no API (klectr worker).
+func NewProbes(d Deps) *Server {
+	s := &Server{Deps: d, log: d.Log, mux: http.NewServeMux(), failing: map[string]bool{}}
+	s.probes()
+	return s
+}
+
 func (s *Server) routes() {
 	user := func(h http.HandlerFunc) http.Handler { return s.Keys.Middleware(s.unauthorized, h) }
 	admin := func(h http.HandlerFunc) http.Handler { return user(s.requireAdmin(h)) }
@@ -138,15 +146,21 @@ func (s *Server) routes() {
 	s.mux.Handle("POST /api/admin/jobs/{id}/retry", admin(s.adminRetryJob))
 	s.mux.Handle("DELETE /api/admin/jobs/{id}", admin(s.adminDeleteJob))
 
+	if s.Socket != nil {
+		s.mux.Handle("/socket.io/", s.Socket)
+	}
+	s.probes()
+}
+
+// probes registers /healthz, /readyz, /metrics and the JSON 404 of every
+// other path.
+func (s *Server) probes() {
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	if s.Metrics != nil {
 		s.mux.Handle("GET /metrics", s.Metrics)
-	}
-	if s.Socket != nil {
-		s.mux.Handle("/socket.io/", s.Socket)
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(codeNotFound, "no route for %s %s", r.Method, r.URL.Path))
