@@ -166,8 +166,8 @@ func (r *Report) Problems() []string {
 
 func ms(d time.Duration) string {
 	switch {
-	case d >= 10*time.Second || d <= -10*time.Second:
-		return d.Round(10 * time.Millisecond).String()
+	case d >= time.Second || d <= -time.Second:
+		return fmt.Sprintf("%.3fs", d.Seconds())
 	case d >= time.Millisecond || d <= -time.Millisecond:
 		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
 	}
