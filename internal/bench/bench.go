@@ -269,16 +269,11 @@ func runTarget(ctx context.Context, o Options, users, tokens []string, body []by
 	}
 	sctx, stopSockets := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	var dropped atomic.Int64
-	var dropOnce sync.Once
+	dropped := make([]error, len(socks)) // why each socket ended early, if it did
 	for i, s := range socks {
 		wg.Go(func() {
 			defer s.close()
-			err := s.serve(sctx, func(ev Event, at time.Time) { t.addReceipt(receipt{socket: i, ev: ev, at: at}) })
-			if err != nil {
-				dropped.Add(1)
-				dropOnce.Do(func() { fmt.Fprintf(w, "  a socket ended during the run: %v\n", err) })
-			}
+			dropped[i] = s.serve(sctx, func(ev Event, at time.Time) { t.addReceipt(receipt{socket: i, ev: ev, at: at}) })
 		})
 	}
 	cleanup := func() {
@@ -312,7 +307,14 @@ func runTarget(ctx context.Context, o Options, users, tokens []string, body []by
 
 	ups, recs := t.snapshot()
 	r := analyze("klectr", users, ups, recs, true)
-	r.Dropped = int(dropped.Load())
+	for _, err := range dropped {
+		if err != nil {
+			if r.Dropped == 0 {
+				fmt.Fprintf(w, "klectr: a socket ended during the run: %v\n", err)
+			}
+			r.Dropped++
+		}
+	}
 	r.Proc = proc
 	return r, nil
 }

@@ -32,6 +32,7 @@ type fakeKlectr struct {
 	pingTimeout  time.Duration
 	drop         int64 // the n-th upload's event (1-based) is never sent; 0: none
 	leak         int64 // the n-th upload's event goes to another user's socket; 0: none
+	kick         int64 // at the n-th upload, the owner's socket gets DISCONNECT instead of the event; 0: none
 
 	uploads atomic.Int64
 	pongs   atomic.Int64
@@ -82,6 +83,14 @@ func (f *fakeKlectr) upload(w http.ResponseWriter, r *http.Request) {
 	to := user
 	switch n {
 	case f.drop:
+		return
+	case f.kick:
+		f.mu.Lock()
+		c := f.conns[user]
+		f.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Write(ctx, websocket.MessageText, []byte("41"))
 		return
 	case f.leak:
 		f.mu.Lock()

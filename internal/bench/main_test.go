@@ -56,6 +56,15 @@ func TestMainCrossUserEventFails(t *testing.T) {
 	}
 }
 
+func TestMainDisconnectedSocketFails(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, func(f *fakeKlectr) { f.kick = 4 })
+	code, out := runMain(t, f, "-users", "3", "-c", "1", "-n", "12", "-wait", "300ms")
+	if code != 1 || !strings.Contains(out, "sockets dropped 1") || !strings.Contains(out, "the server disconnected the socket") {
+		t.Fatalf("exit %d with a socket disconnected; want 1 and sockets dropped 1", code)
+	}
+}
+
 func TestMainBaseline(t *testing.T) {
 	t.Parallel()
 	f := newFake(t, nil)
