@@ -141,7 +141,7 @@ func (q *Queue) Get(ctx context.Context, id string) (queue.Info, error) {
 	return q.find(ctx, id)
 }
 
-// waiting lists the IDs in asynq's structures that may hold jobs in state
+// candidates lists the IDs in asynq's structures that may hold jobs in state
 // s, per queue.
 func (q *Queue) candidates(ctx context.Context, s queue.State) (map[string][]string, error) {
 	queues, err := q.queues(ctx)
@@ -180,8 +180,8 @@ func (q *Queue) candidates(ctx context.Context, s queue.State) (map[string][]str
 }
 
 // scan reads the tasks of candidates(s) in batches and calls fn with each
-// one in state s.
-func (q *Queue) scan(ctx context.Context, s queue.State, fn func(queue.Info)) error {
+// one in state s, or, with both, in pending or retrying.
+func (q *Queue) scan(ctx context.Context, s queue.State, both bool, fn func(queue.Info)) error {
 	cands, err := q.candidates(ctx, s)
 	if err != nil {
 		return err
@@ -208,7 +208,7 @@ func (q *Queue) scan(ctx context.Context, s queue.State, fn func(queue.Info)) er
 				if err != nil {
 					return err
 				}
-				if info.State == s {
+				if info.State == s || both && (info.State == queue.Pending || info.State == queue.Retrying) {
 					fn(info)
 				}
 			}
@@ -238,10 +238,8 @@ func (q *Queue) Counts(ctx context.Context) (map[queue.State]int, error) {
 			counts[s] += len(ids)
 		}
 	}
-	for _, s := range []queue.State{queue.Pending, queue.Retrying} {
-		if err := q.scan(ctx, s, func(queue.Info) { counts[s]++ }); err != nil {
-			return nil, err
-		}
+	if err := q.scan(ctx, queue.Pending, true, func(info queue.Info) { counts[info.State]++ }); err != nil {
+		return nil, err
 	}
 	return counts, nil
 }
@@ -266,7 +264,7 @@ func (q *Queue) List(ctx context.Context, state queue.State, limit int) ([]queue
 		return q.listDead(ctx, limit)
 	}
 	var infos []queue.Info
-	err := q.scan(ctx, state, func(info queue.Info) {
+	err := q.scan(ctx, state, false, func(info queue.Info) {
 		infos = append(infos, info)
 		if len(infos) >= 2*limit+100 {
 			slices.SortFunc(infos, newestFirst)

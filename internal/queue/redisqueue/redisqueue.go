@@ -3,13 +3,16 @@
 // enqueue and work the same Redis.
 //
 // What to know when running it:
-//   - Crash recovery is asynq's lease: a worker renews the lease of its
-//     running jobs every 5 s for 30 s, and every worker's recoverer, once a
-//     minute, retries jobs whose lease expired more than 30 s ago. A job
-//     whose worker was killed mid-run therefore runs again 60 to 120 s
-//     later (about 75 s measured with one surviving worker; see
-//     measure_test.go), and that run counts as an attempt. RecoverOnStart
-//     shortens this for a process that is the only worker.
+//   - Crash recovery is asynq's lease (constants inside asynq): a worker
+//     renews the lease of its running jobs every 5 s for 30 s, and every
+//     worker's recoverer, at its start and then once a minute, retries the
+//     jobs whose lease expired more than 30 s ago. A job whose worker was
+//     killed mid-run therefore runs again 55 to 120 s after the kill (62 s
+//     measured, TestMeasureCrashRedelivery, with a surviving worker whose
+//     recoverer came round just after the lease ran out; several workers'
+//     recoverers, out of phase, bring it nearer the minimum), plus the
+//     retry delay, and that run counts as an attempt. RecoverOnStart
+//     makes it immediate for a process that is the only worker.
 //   - Redis must keep its data: with appendonly off, a restart loses the
 //     jobs written since the last snapshot, and a maxmemory-policy other
 //     than noeviction lets Redis evict jobs. CheckPersistence names what is

@@ -156,6 +156,11 @@ func (r *running) wait(ctx context.Context) bool {
 	select {
 	case <-idle:
 		return true
+	default:
+	}
+	select {
+	case <-idle:
+		return true
 	case <-ctx.Done():
 		return false
 	}
