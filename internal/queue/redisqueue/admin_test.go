@@ -202,6 +202,7 @@ func TestCheckPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("warnings: %q", w)
 	if len(w) != 2 || !strings.Contains(w[0], "appendonly") || !strings.Contains(w[1], "maxmemory-policy") || !strings.Contains(w[1], "allkeys-lru") {
 		t.Errorf("warnings = %q; want one naming appendonly, one naming maxmemory-policy allkeys-lru", w)
 	}

@@ -16,20 +16,27 @@
 //   - Redis must keep its data: with appendonly off, a restart loses the
 //     jobs written since the last snapshot, and a maxmemory-policy other
 //     than noeviction lets Redis evict jobs. CheckPersistence names what is
-//     wrong.
+//     wrong. Whatever Redis loses, the asset store still knows: Known tells
+//     a reconciler which jobs to enqueue again, and Enqueue refuses an ID
+//     Redis still holds (queue.ErrDuplicate), in any state and any queue.
 //   - Dead jobs do not use asynq's archive, which keeps at most 10,000 tasks
 //     per queue for at most 90 days and deletes older ones silently: they
 //     are moved to keys of this package (klectr:dead…) and kept until
 //     Delete.
 //   - asynq keeps only a task's last error; this package keeps every
 //     attempt's error in a field of its own in asynq's task hash (and in
-//     the dead record), so Info.Errors is complete. An attempt lost with
-//     its worker is recorded, at the next attempt, as such.
+//     the dead record), so Info.Errors is complete (each message cut at
+//     2 KiB). An attempt lost with its worker is recorded, at the next
+//     attempt, as such.
 //   - Retry delays are rounded up to the next whole second: asynq stores
 //     retry times in seconds. RetryAfter's delay is kept as a minimum.
 //   - Completed jobs are kept for CompletedRetention, then asynq deletes
 //     them; until then their ID is taken (Enqueue gives ErrDuplicate).
-//   - Keys are built inside Lua scripts, so Redis must be a single node (or
+//   - Jobs are written by this package's scripts, in asynq's encoding and
+//     key layout (asynq has no atomic batch enqueue, and its replay of a
+//     dead task keeps the spent retry count); message_test.go checks them
+//     against asynq's Inspector and must pass before asynq is upgraded.
+//     Keys are built inside the scripts, so Redis must be a single node (or
 //     Sentinel), not Cluster.
 //   - Counts and List read every job of the states they report except the
 //     dead ones (an admin's call, not a probe's: use Ping for readiness).
@@ -217,32 +224,21 @@ func (q *Queue) Ping(ctx context.Context) error {
 // managed services) gives a warning saying so. err is for a Redis that does
 // not answer.
 func (q *Queue) CheckPersistence(ctx context.Context) (warnings []string, err error) {
-	for _, c := range []struct {
-		name string
-		ok   func(string) bool
-		why  string
-	}{
-		{"appendonly", func(v string) bool { return v == "yes" },
-			"Redis keeps jobs only in its periodic snapshots (if any): a restart or crash loses the jobs enqueued since the last one; set appendonly yes"},
-		{"maxmemory-policy", func(v string) bool { return v == "noeviction" },
-			"Redis may evict jobs when it reaches maxmemory; set maxmemory-policy noeviction"},
+	for _, c := range []struct{ name, want, why string }{
+		{"appendonly", "yes", "Redis keeps jobs only in its periodic snapshots (if any): a restart or crash loses the jobs enqueued since the last one"},
+		{"maxmemory-policy", "noeviction", "Redis may evict jobs when it reaches maxmemory"},
 	} {
 		v, err := q.rdb.ConfigGet(ctx, c.name).Result()
-		var rerr redis.Error
+		var refused redis.Error
 		switch {
-		case errors.As(err, &rerr):
-			warnings = append(warnings, fmt.Sprintf("redis %s: cannot be checked (CONFIG GET refused: %v); make sure it is %s", c.name, err, map[string]string{"appendonly": "yes", "maxmemory-policy": "noeviction"}[c.name]))
+		case errors.As(err, &refused):
+			warnings = append(warnings, fmt.Sprintf("redis %s cannot be checked (CONFIG GET refused: %v); it must be %s", c.name, err, c.want))
 			continue
 		case err != nil:
 			return warnings, fmt.Errorf("redisqueue: check persistence: %w", err)
 		}
-		val, found := v[c.name]
-		if !found {
-			warnings = append(warnings, fmt.Sprintf("redis %s: not reported by CONFIG GET; %s", c.name, c.why))
-			continue
-		}
-		if !c.ok(val) {
-			warnings = append(warnings, fmt.Sprintf("redis %s is %q: %s", c.name, val, c.why))
+		if val, found := v[c.name]; !found || val != c.want {
+			warnings = append(warnings, fmt.Sprintf("redis %s is %q: %s; set %s %s", c.name, val, c.why, c.name, c.want))
 		}
 	}
 	return warnings, nil
