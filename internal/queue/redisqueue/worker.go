@@ -285,13 +285,17 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	defer q.run.end(&cancel)
 
 	tk := taskKey(qname, id)
-	dead, err := beginScript.Run(ctx, q.rdb, []string{tk, deadKey(id)}, retried, lostAttempt).Int()
-	if err != nil {
-		log.WarnContext(ctx, "could not read the job's history; running it anyway", "error", err.Error())
-	}
-	if dead == 1 {
-		log.WarnContext(ctx, "job already dead; removing its task")
-		return asynq.RevokeTask
+	// A first attempt has no earlier one to record, and cannot have a dead
+	// record: the lost worker's run would have counted.
+	if retried > 0 {
+		dead, err := beginScript.Run(ctx, q.rdb, []string{tk, deadKey(id)}, retried, lostAttempt).Int()
+		if err != nil {
+			log.WarnContext(ctx, "could not read the job's history; running it anyway", "error", err.Error())
+		}
+		if dead == 1 {
+			log.WarnContext(ctx, "job already dead; removing its task")
+			return asynq.RevokeTask
+		}
 	}
 	env, err := decodeEnvelope(id, t.Payload())
 	if err != nil {
