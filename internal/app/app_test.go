@@ -40,6 +40,7 @@ func TestRunCommands(t *testing.T) {
 		{"a half scale-out shape is refused", []string{"serve"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": strings.Repeat("k", 32)}, 1, "", "REDIS_URL is set without MONGODB_URI"},
 		{"token needs a user", []string{"token", "-data-dir", dir}, nil, 2, "", "exactly one user id"},
 		{"jobs needs a subcommand", []string{"jobs"}, nil, 2, "", "list, retry or delete"},
+		{"bench needs the server's secret", []string{"bench", "-url", "http://127.0.0.1:1"}, nil, 2, "", "want -jwt-secret"},
 		{"jobs list refuses a bad state", []string{"jobs", "list", "-data-dir", dir, "-state", "zombie"}, nil, 2, "", "jobs list"},
 	}
 	for _, c := range cases {
