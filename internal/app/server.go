@@ -120,10 +120,10 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
 		}
 	}
-	for _, l := range sweeps {
-		l.Start()
-	}
 	if len(serveErr) == 0 {
+		for _, l := range sweeps {
+			l.Start()
+		}
 		srv.start(serveErr)
 	}
 
