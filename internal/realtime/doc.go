@@ -80,5 +80,9 @@
 // POST (larger: the connection is closed). Each socket has a queue of at most
 // SendQueue packets and one writer with WriteTimeout per write: a client that
 // falls behind is disconnected, it never grows the server's memory.
-// Tokens are never logged; log lines carry "sid" and "userId".
+// Tokens and session ids are never logged: log lines carry "conn", a short
+// hash of the Engine.IO sid, and "userId". Session ids have 128 random bits.
+// A session whose handshake carried a valid Authorization header accepts
+// later requests (polls, POSTs, the upgrade) only with a valid header of the
+// same user.
 package realtime

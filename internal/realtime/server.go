@@ -3,7 +3,9 @@ package realtime
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,7 +59,8 @@ type Options struct {
 	Authenticate func(token string) (userID string, expiresAt time.Time, err error)
 	// Bus carries Send's events to the sockets of every process.
 	Bus Bus
-	// Logger receives connection lines with "sid" and "userId"; nil discards.
+	// Logger receives connection lines with "conn" (a hash of the session
+	// id, which is never logged) and "userId"; nil discards.
 	Logger *slog.Logger
 	// AllowedOrigins lists browser origins ("https://app.example.com") that
 	// may connect from another origin; "*" allows any. Requests without an
@@ -311,6 +314,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusBadRequest, 1, "Session ID unknown")
 			return
 		}
+		if !sess.admits(bearer(r)) {
+			httpError(w, http.StatusForbidden, 4, "Forbidden")
+			return
+		}
 		switch r.Method {
 		case http.MethodGet:
 			sess.servePoll(w, r)
@@ -332,6 +339,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sess := s.lookup(sid)
 		if sess == nil {
 			httpError(w, http.StatusBadRequest, 1, "Session ID unknown")
+			return
+		}
+		if !sess.admits(bearer(r)) {
+			httpError(w, http.StatusForbidden, 4, "Forbidden")
 			return
 		}
 		sess.serveUpgrade(w, r)
@@ -418,11 +429,19 @@ func bearer(r *http.Request) string {
 	return strings.TrimSpace(token)
 }
 
-// newID returns a random URL-safe id; Engine.IO and Socket.IO ids are
-// unguessable because a session id is the only credential of a polling
-// request.
+// newID returns a random URL-safe id of 128 bits; Engine.IO and Socket.IO
+// ids are unguessable because a session id is the credential of a polling
+// request (with the Authorization header, when the client sends one).
 func newID() string {
-	var b [15]byte
+	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
 	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// logID is what log lines carry for a session id: a short hash that
+// correlates the lines of one connection but cannot be used to poll it. A
+// session id itself is never logged.
+func logID(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(h[:6])
 }

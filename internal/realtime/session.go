@@ -51,6 +51,10 @@ type session struct {
 	// headerToken is the handshake's bearer token, used when CONNECT has
 	// none. Never logged.
 	headerToken string
+	// headerUser is the user of headerToken when it was valid at the
+	// handshake: every later request of the session must then carry a
+	// valid Authorization header of that user (see admits).
+	headerUser string
 
 	// in serialises the handling of incoming packets, which may arrive on a
 	// polling POST and on the websocket being upgraded at the same time.
@@ -88,6 +92,7 @@ func (s *Server) newSession(transport, headerToken string) (*session, error) {
 		id:          newID(),
 		sockID:      newID(),
 		headerToken: headerToken,
+		headerUser:  s.userOf(headerToken),
 		transport:   transport,
 		changed:     make(chan struct{}),
 		pong:        make(chan struct{}, 1),
@@ -95,7 +100,7 @@ func (s *Server) newSession(transport, headerToken string) (*session, error) {
 		done:        make(chan struct{}),
 		closeCode:   websocket.StatusNormalClosure,
 	}
-	sess.log = s.log.With("sid", sess.id)
+	sess.log = s.log.With("conn", logID(sess.id))
 	if err := s.register(sess); err != nil {
 		return nil, err
 	}
@@ -104,6 +109,39 @@ func (s *Server) newSession(transport, headerToken string) (*session, error) {
 	sess.mu.Unlock()
 	go sess.heartbeat()
 	return sess, nil
+}
+
+// userOf returns the user of a valid token, or "".
+func (s *Server) userOf(token string) string {
+	if token == "" {
+		return ""
+	}
+	user, exp, err := s.opts.Authenticate(token)
+	if err != nil || !s.now().Before(exp) {
+		return ""
+	}
+	return user
+}
+
+// admits tells whether a request of this session (a poll, a POST, an
+// upgrade) that carries bearer token (or "") may act on it. The sid is the
+// only credential the browser clients send; the native clients send their
+// Authorization header with every request, and a session opened with a
+// valid one is bound to its user, so that its sid alone, leaked or stolen,
+// is worth nothing. A request with a valid token of another user than the
+// session's is refused in any case.
+func (s *session) admits(token string) bool {
+	user := s.srv.userOf(token)
+	s.mu.Lock()
+	connected, owner := s.connected, s.userID
+	s.mu.Unlock()
+	switch {
+	case s.headerUser != "":
+		return user == s.headerUser
+	case user != "" && connected:
+		return user == owner
+	}
+	return true
 }
 
 // notifyLocked wakes every waiter on changed. s.mu must be held.
