@@ -74,6 +74,10 @@
 //
 // # Limits
 //
+// MaxPending and MaxPendingPerIP bound the connections that have not yet
+// authenticated a CONNECT (each also closes after ConnectTimeout): the next
+// handshake gets HTTP 503 or 429, so an unauthenticated client cannot make
+// the server hold sessions, goroutines and buffers without bound.
 // MaxConnsPerUser refuses the next CONNECT with CONNECT_ERROR
 // {"message":"too many connections","data":{"code":"too_many_connections",
 // "limit":N}}. MaxPayload bounds each incoming websocket message and polling

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -51,6 +52,10 @@ type session struct {
 	// headerToken is the handshake's bearer token, used when CONNECT has
 	// none. Never logged.
 	headerToken string
+	// clientKey is the client's address as MaxPendingPerIP counts it;
+	// pending tells whether the session is counted (both under srv.mu).
+	clientKey string
+	pending   bool
 	// headerUser is the user of headerToken when it was valid at the
 	// handshake: every later request of the session must then carry a
 	// valid Authorization header of that user (see admits).
@@ -86,11 +91,13 @@ type session struct {
 	finishOnce sync.Once
 }
 
-func (s *Server) newSession(transport, headerToken string) (*session, error) {
+func (s *Server) newSession(r *http.Request, transport string) (*session, error) {
+	headerToken := bearer(r)
 	sess := &session{
 		srv:         s,
 		id:          newID(),
 		sockID:      newID(),
+		clientKey:   clientKey(r),
 		headerToken: headerToken,
 		headerUser:  s.userOf(headerToken),
 		transport:   transport,
@@ -391,6 +398,7 @@ func (s *session) connect(auth json.RawMessage) {
 	}
 	s.connected, s.userID, s.expiresAt = true, userID, exp
 	s.connTimer.Stop()
+	s.srv.authenticated(s)
 	s.expTimer = time.AfterFunc(exp.Sub(s.srv.now()), s.expire)
 	reply, _ := json.Marshal(struct {
 		SID string `json:"sid"`
