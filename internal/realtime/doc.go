@@ -74,6 +74,10 @@
 //
 // # Limits
 //
+// Every field of a client's packet is checked before it is used or echoed:
+// valid UTF-8, a namespace of at most 128 printable ASCII characters, an
+// event name of at most 256 bytes, an ack id that fits int64, data of the
+// shape its type requires; a packet that fails closes the connection.
 // MaxPending and MaxPendingPerIP bound the connections that have not yet
 // authenticated a CONNECT (each also closes after ConnectTimeout): the next
 // handshake gets HTTP 503 or 429, so an unauthenticated client cannot make

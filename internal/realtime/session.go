@@ -311,25 +311,24 @@ func (s *session) connectTimeout() {
 func (s *session) handle(pkt string) error {
 	s.in.Lock()
 	defer s.in.Unlock()
-	if pkt == "" {
-		return errors.New("empty packet")
+	typ, payload, err := parseEIO(pkt)
+	if err != nil {
+		return err
 	}
-	switch pkt[0] {
+	switch typ {
 	case eioPong:
 		select {
 		case s.pong <- struct{}{}:
 		default:
 		}
 	case eioMessage:
-		return s.handleSIO(pkt[1:])
+		return s.handleSIO(payload)
 	case eioClose:
 		s.close(reasonClientClose, false)
 	case eioNoop, eioPing:
 		// Clients of protocol v4 do not ping; a stray probe is harmless.
-	case 'b':
-		return errBinary
 	default:
-		return fmt.Errorf("unknown engine.io packet type %q", pkt[0])
+		return fmt.Errorf("unexpected engine.io packet type %q from a client", typ)
 	}
 	return nil
 }
@@ -446,14 +445,7 @@ func (s *session) leave() {
 // so an event asking for an ack gets one saying so, rather than leaving the
 // client's callback to time out.
 func (s *session) clientEvent(p sioPacket) error {
-	var args []json.RawMessage
-	if err := json.Unmarshal(p.data, &args); err != nil || len(args) == 0 {
-		return errors.New("event payload is not a non-empty array")
-	}
-	var name string
-	if err := json.Unmarshal(args[0], &name); err != nil {
-		return errors.New("event name is not a string")
-	}
+	name := p.event // parseSIO checked it
 	s.mu.Lock()
 	connected := s.connected
 	s.mu.Unlock()
