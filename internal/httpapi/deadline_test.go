@@ -102,20 +102,26 @@ func TestTrickledBodiesDoNotHoldConnections(t *testing.T) {
 	}
 
 	const limit = 5 * time.Second
-	for _, tc := range []struct{ name, head string }{
-		{"GET without a body", "GET /healthz HTTP/1.1\r\nHost: k\r\nContent-Length: 200000\r\n\r\n"},
-		{"GET chunked", "GET /healthz HTTP/1.1\r\nHost: k\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n"},
-		{"POST that reads no body", "POST /api/assets/x/retry HTTP/1.1\r\nHost: k\r\nContent-Length: 200000\r\n\r\n"},
-		{"upload without a token", "POST /api/assets/analyze-queue HTTP/1.1\r\nHost: k\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 200000\r\n\r\n"},
+	for _, tc := range []struct {
+		name, head string
+		status     int // 0: any
+	}{
+		{"GET without a body", "GET /healthz HTTP/1.1\r\nHost: k\r\nContent-Length: 200000\r\n\r\n", 0},
+		{"GET chunked", "GET /healthz HTTP/1.1\r\nHost: k\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n", 0},
+		{"POST that reads no body", "POST /api/assets/x/retry HTTP/1.1\r\nHost: k\r\nContent-Length: 200000\r\n\r\n", 0},
+		{"upload without a token", "POST /api/assets/analyze-queue HTTP/1.1\r\nHost: k\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 200000\r\n\r\n", 0},
 		{"upload with a token", "POST /api/assets/analyze-queue HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer " + e.token(t, "u1", "") +
-			"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 200000\r\n\r\n"},
+			"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 200000\r\n\r\n", 0},
 		{"Engine.IO polling POST", "POST /socket.io/?EIO=4&transport=polling&sid=" + open.SID +
-			" HTTP/1.1\r\nHost: k\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n"},
+			" HTTP/1.1\r\nHost: k\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n", http.StatusBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			status, answered, closed := dribble(t, addr, tc.head, 50*time.Millisecond, limit)
 			t.Logf("status %d after %v, closed after %v", status, answered.Round(time.Millisecond), closed.Round(time.Millisecond))
+			if tc.status != 0 && status != tc.status {
+				t.Errorf("status %d, want %d", status, tc.status)
+			}
 			if closed > 3*time.Second {
 				t.Errorf("the connection lasted %v; the body window is %v", closed, lim.BodyWindow)
 			}

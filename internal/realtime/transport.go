@@ -224,7 +224,10 @@ func (sess *session) servePost(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusRequestEntityTooLarge, 3, "Payload too large")
 			return
 		}
+		// A body that broke off or did not arrive in time (the HTTP
+		// layer's read deadline).
 		sess.close(reasonTransport, false)
+		httpError(w, http.StatusBadRequest, 3, "Bad request")
 		return
 	}
 	for _, pkt := range strings.Split(string(body), recordSeparator) {
