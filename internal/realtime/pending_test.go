@@ -16,9 +16,16 @@ import (
 )
 
 // clientFrom returns an HTTP client whose connections come from the
-// loopback address ip (all of 127.0.0.0/8 is local on Linux), so that a
-// test can be several clients.
-func clientFrom(ip string) *http.Client {
+// loopback address ip (all of 127.0.0.0/8 is local on Linux, where CI
+// runs; macOS has only 127.0.0.1 unless aliases are added), so that a test
+// can be several clients.
+func clientFrom(t *testing.T, ip string) *http.Client {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Skipf("this machine cannot use loopback address %s: %v", ip, err)
+	}
+	ln.Close()
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
 }
@@ -53,7 +60,7 @@ func TestUnauthenticatedSessionsAreCapped(t *testing.T) {
 	ts := startServer(t, "", nil, func(o *realtime.Options) {
 		o.MaxPending, o.MaxPendingPerIP, o.ConnectTimeout = 12, 5, time.Hour
 	})
-	a := clientFrom("127.0.0.2")
+	a := clientFrom(t, "127.0.0.2")
 	var sids []string
 	for i := range 5 {
 		status, sid, body := handshake(t, a, ts)
@@ -75,19 +82,19 @@ func TestUnauthenticatedSessionsAreCapped(t *testing.T) {
 	}
 
 	// Another address has slots of its own, up to the process's limit.
-	b := clientFrom("127.0.0.3")
+	b := clientFrom(t, "127.0.0.3")
 	for range 5 {
 		if status, _, body := handshake(t, b, ts); status != http.StatusOK {
 			t.Fatalf("another address: %d %s", status, body)
 		}
 	}
-	c := clientFrom("127.0.0.4")
+	c := clientFrom(t, "127.0.0.4")
 	for range 2 {
 		if status, _, body := handshake(t, c, ts); status != http.StatusOK {
 			t.Fatalf("third address: %d %s", status, body)
 		}
 	}
-	if status, _, body := handshake(t, clientFrom("127.0.0.5"), ts); status != http.StatusServiceUnavailable || !strings.Contains(body, "Too many unauthenticated connections") {
+	if status, _, body := handshake(t, clientFrom(t, "127.0.0.5"), ts); status != http.StatusServiceUnavailable || !strings.Contains(body, "Too many unauthenticated connections") {
 		t.Fatalf("handshake over the process's limit: %d %s, want 503", status, body)
 	}
 
@@ -118,7 +125,7 @@ func TestPendingSlotsFreeAtConnectTimeout(t *testing.T) {
 	ts := startServer(t, "", nil, func(o *realtime.Options) {
 		o.MaxPendingPerIP, o.ConnectTimeout = 3, 200*time.Millisecond
 	})
-	a := clientFrom("127.0.0.6")
+	a := clientFrom(t, "127.0.0.6")
 	for range 3 {
 		handshake(t, a, ts)
 	}
@@ -135,7 +142,7 @@ func TestPendingSlotsFreeAtConnectTimeout(t *testing.T) {
 // connect timeout). Not parallel: it counts the process's goroutines.
 func TestHandshakeFloodIsBounded(t *testing.T) {
 	ts := startServer(t, "", nil, func(o *realtime.Options) { o.ConnectTimeout = time.Minute })
-	a := clientFrom("127.0.0.7")
+	a := clientFrom(t, "127.0.0.7")
 	before := runtime.NumGoroutine()
 	ok, refused := 0, 0
 	for range 2000 {
