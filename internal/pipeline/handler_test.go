@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 
@@ -96,7 +99,7 @@ func TestProcessJobFailures(t *testing.T) {
 		{name: "408", respond: answer(408, nil, ""), code: ai.CodeTimeout},
 		{name: "timeout", respond: func(w http.ResponseWriter, r *http.Request, _ int) { <-r.Context().Done() },
 			timeout: 250 * time.Millisecond, code: ai.CodeTimeout},
-		{name: "invalid JSON", respond: answer(200, nil, `{"label": "Chari`), code: ai.CodeBadResponse},
+		{name: "invalid JSON", respond: answer(200, nil, `{"label": "Chari`), code: ai.CodeBadResponse, permanent: true},
 		{name: "connection refused", refused: true, code: ai.CodeUnavailable},
 		{name: "400", respond: answer(400, nil, `{"error":"not a card"}`), code: ai.CodeRejected, permanent: true},
 		{name: "422", respond: answer(422, nil, ""), code: ai.CodeRejected, permanent: true},
@@ -441,7 +444,7 @@ func TestReconcileFailsAssetsOfDeadJobs(t *testing.T) {
 	}
 	got := e.store.get(t, orphan.ID)
 	if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != "job_dead" ||
-		!strings.Contains(got.Error.Message, "recovered at start-up") || got.Attempts != maxAttempts || got.EventPending {
+		got.Error.Message != "the analysis did not finish after 4 attempts" || got.Attempts != maxAttempts || got.EventPending {
 		t.Fatalf("orphaned asset: %s %+v attempts %d owed %v", got.Status, got.Error, got.Attempts, got.EventPending)
 	}
 	events := e.notes.delivered()
@@ -501,4 +504,176 @@ func TestProcessJobCancelledMidAnalysis(t *testing.T) {
 	if got.Status != asset.StatusProcessing || got.EventPending || len(e.notes.attempts()) != 0 {
 		t.Fatalf("after cancellation: status %s, owed %v, %d events; want processing and no event", got.Status, got.EventPending, len(e.notes.attempts()))
 	}
+}
+
+// analyzerFunc is an ai.Analyzer that is a function.
+type analyzerFunc func(ctx context.Context, img ai.Image) (json.RawMessage, error)
+
+func (f analyzerFunc) Analyze(ctx context.Context, img ai.Image) (json.RawMessage, error) {
+	io.Copy(io.Discard, img.Body)
+	return f(ctx, img)
+}
+
+// A 200 from the AI service that no store or client should hold fails the
+// asset at once, before the store is touched: one AI call, no retry, the
+// event valid UTF-8 JSON. On main these were drafts (invalid UTF-8, an error
+// envelope) or, for the deep object, a CHECK failure in SQLite's Finish that
+// was retried, calling the AI on every attempt, until the job died.
+func TestProcessJobBadAIResultsFailAtOnce(t *testing.T) {
+	t.Parallel()
+	deep := strings.Repeat(`{"a":`, 1499) + "{}" + strings.Repeat("}", 1499)
+	for name, body := range map[string]string{
+		"invalid UTF-8":  "{\"label\":\"Pok\xe9mon\"}",
+		"1500-deep":      deep,
+		"error envelope": `{"error":{"message":"model overloaded"}}`,
+		"status failed":  `{"status":"failed","label":null}`,
+		"NUL":            `{"label":"a\u0000b"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(200, nil, body), envOptions{})
+			a, job := e.newAsset()
+			err := e.h.ProcessJob(context.Background(), job)
+			if !queue.IsPermanent(err) || ai.Code(err) != ai.CodeBadResponse {
+				t.Fatalf("ProcessJob = %v (code %q); want a permanent %s", err, ai.Code(err), ai.CodeBadResponse)
+			}
+			if e.ai.calls() != 1 {
+				t.Errorf("AI called %d times, want 1", e.ai.calls())
+			}
+			got := e.store.get(t, a.ID)
+			if got.Status != asset.StatusFailed || got.AIMetadata != nil || got.Error == nil || got.Error.Code != ai.CodeBadResponse {
+				t.Fatalf("asset: status %s, metadata %q, error %+v; want failed with %s", got.Status, got.AIMetadata, got.Error, ai.CodeBadResponse)
+			}
+			checkUserMessage(t, got.Error.Message)
+			events := e.notes.delivered()
+			if len(events) != 1 {
+				t.Fatalf("%d events, want 1", len(events))
+			}
+			if !utf8.Valid(events[0].Data) {
+				t.Errorf("event is not valid UTF-8: %q", events[0].Data)
+			}
+			checkEvent(t, events[0], got)
+		})
+	}
+}
+
+// The pipeline does not take an Analyzer's word that its result is a valid
+// object: the built-in analyzer or a future one gets the same check as the
+// AI service, and what is stored is the re-encoded, validated form.
+func TestProcessJobValidatesEveryAnalyzersResult(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, result, want string }{
+		{"invalid UTF-8", "{\"a\":\"\xff\"}", ""},
+		{"not an object", `[1]`, ""},
+		{"too deep", strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40), ""},
+		{"valid, re-encoded", "{ \"a\" : \"\\u00e9\" }", `{"a":"é"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(500, nil, ""), envOptions{})
+			e.h.Analyzer = analyzerFunc(func(context.Context, ai.Image) (json.RawMessage, error) {
+				return json.RawMessage(tc.result), nil
+			})
+			a, job := e.newAsset()
+			err := e.h.ProcessJob(context.Background(), job)
+			got := e.store.get(t, a.ID)
+			if tc.want != "" {
+				if err != nil || got.Status != asset.StatusDraft || string(got.AIMetadata) != tc.want {
+					t.Fatalf("ProcessJob = %v; asset %s with %q; want draft with %q", err, got.Status, got.AIMetadata, tc.want)
+				}
+				return
+			}
+			if !queue.IsPermanent(err) || got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != ai.CodeBadResponse {
+				t.Fatalf("ProcessJob = %v; asset %s, error %+v; want failed at once with %s", err, got.Status, got.Error, ai.CodeBadResponse)
+			}
+		})
+	}
+}
+
+// internalText is what a store, a queue or a library might put in an error:
+// none of it may reach the asset's error message or the event.
+const internalText = "sqlite: CHECK constraint failed: ai_metadata IS NULL OR json_valid(ai_metadata) at /var/lib/klectr/klectr.db"
+
+func checkUserMessage(t *testing.T, msg string) {
+	t.Helper()
+	if msg == "" || !utf8.ValidString(msg) || strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		t.Errorf("message %q: want one line of printable UTF-8", msg)
+	}
+	for _, leak := range []string{"sqlite", "CHECK", "json_valid", "/var/lib", "127.0.0.1", "ai-secret-token"} {
+		if strings.Contains(msg, leak) {
+			t.Errorf("message %q leaks %q", msg, leak)
+		}
+	}
+}
+
+// An analyzer's error that is not one package ai wrote for users (here a
+// plain error, and a Permanent wrapping one) fails the asset with its code
+// and a generic message; the text stays in the log.
+func TestFailedAssetNeverShowsInternalErrorText(t *testing.T) {
+	t.Parallel()
+	for name, aerr := range map[string]error{
+		"plain":      fmt.Errorf("read blob: %s", internalText),
+		"permanent":  ai.Permanent(errors.New(internalText)),
+		"no message": &ai.Error{Code: ai.CodeImageUnreadable, Err: errors.New(internalText)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(500, nil, ""), envOptions{})
+			e.h.Analyzer = analyzerFunc(func(context.Context, ai.Image) (json.RawMessage, error) { return nil, aerr })
+			a, job := e.newAsset()
+			job.Attempt = maxAttempts
+			e.h.ProcessJob(context.Background(), job)
+			got := e.store.get(t, a.ID)
+			if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != ai.Code(aerr) {
+				t.Fatalf("asset %s, error %+v; want failed with %q", got.Status, got.Error, ai.Code(aerr))
+			}
+			checkUserMessage(t, got.Error.Message)
+			if events := e.notes.delivered(); len(events) != 1 || strings.Contains(string(events[0].Data), "sqlite") {
+				t.Errorf("events %q: want one, without the internal text", events)
+			}
+		})
+	}
+}
+
+// failingFinish is a store whose Finish refuses every outcome as SQLite
+// refused the deep result: the handler returns the error to the queue (for
+// the admin's job listing), and when the job dies Reconcile fails the asset
+// with a fixed message, not the queue's last error.
+type failingFinish struct{ *fakeStore }
+
+func (s failingFinish) Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	return nil, errors.New(internalText)
+}
+
+func TestStoreErrorsNeverReachTheUser(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, answer(200, nil, okResult), envOptions{})
+	a, job := e.newAsset()
+	e.h.Store = failingFinish{e.store}
+	job.Attempt = maxAttempts
+	err := e.h.ProcessJob(context.Background(), job)
+	if err == nil || queue.IsPermanent(err) {
+		t.Fatalf("ProcessJob = %v; want the store's error, retryable", err)
+	}
+	if got := e.store.get(t, a.ID); got.Status != asset.StatusProcessing {
+		t.Fatalf("asset %s after a refused Finish; want processing", got.Status)
+	}
+
+	// The queue marks the job dead with the handler's error as its last.
+	e.h.Store = e.store
+	dead := &deadJobs{infos: []queue.Info{{ID: job.ID, Queue: job.Queue, State: queue.Dead, Attempt: maxAttempts,
+		MaxAttempts: maxAttempts, Payload: job.Payload, Errors: []string{err.Error()}}}}
+	if n, err := e.h.Reconcile(context.Background(), dead); err != nil || n != 1 {
+		t.Fatalf("Reconcile = %d, %v; want 1", n, err)
+	}
+	got := e.store.get(t, a.ID)
+	if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != "job_dead" {
+		t.Fatalf("asset %s, error %+v; want failed with job_dead", got.Status, got.Error)
+	}
+	checkUserMessage(t, got.Error.Message)
+	events := e.notes.delivered()
+	if len(events) != 1 || strings.Contains(string(events[0].Data), "CHECK") {
+		t.Fatalf("events %q: want one, without the store's text", events)
+	}
+	checkEvent(t, events[0], got)
 }
