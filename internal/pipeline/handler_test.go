@@ -269,18 +269,32 @@ func TestProcessJobRepeatDeliveryDoesNoWork(t *testing.T) {
 
 // Two deliveries of one job running at once (at-least-once delivery): both
 // may call the AI, but exactly one final state is recorded and one event sent.
+// The fake AI holds each call until both are in it, so the test proves the
+// deliveries overlapped: if either never reaches the AI while the other is
+// there (one serialised behind the other, or acknowledged early), it fails.
 func TestProcessJobConcurrentDuplicatesFinishOnce(t *testing.T) {
 	t.Parallel()
 	both := make(chan struct{})
-	var once sync.Once
+	var (
+		mu       sync.Mutex
+		inFlight int
+		overlap  bool
+	)
 	e := newEnv(t, func(w http.ResponseWriter, r *http.Request, n int) {
-		if n == 2 {
-			once.Do(func() { close(both) })
+		mu.Lock()
+		inFlight++
+		if inFlight == 2 {
+			overlap = true
+			close(both)
 		}
+		mu.Unlock()
 		select {
 		case <-both:
-		case <-time.After(5 * time.Second): // the second delivery never reached the AI
+		case <-time.After(5 * time.Second): // the other delivery never joined this one
 		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
 		answer(200, nil, fmt.Sprintf(`{"call":%d}`, n))(w, r, n)
 	}, envOptions{})
 	a, job := e.newAsset()
@@ -291,9 +305,20 @@ func TestProcessJobConcurrentDuplicatesFinishOnce(t *testing.T) {
 		go func() { errs <- e.h.ProcessJob(context.Background(), &j) }()
 	}
 	for range 2 {
-		if err := <-errs; err != nil {
-			t.Errorf("ProcessJob: %v", err)
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("ProcessJob: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("ProcessJob did not return")
 		}
+	}
+	mu.Lock()
+	overlapped := overlap
+	mu.Unlock()
+	if !overlapped || e.ai.calls() != 2 {
+		t.Fatalf("the two deliveries did not run at once (%d AI calls, overlap %v): the test proves nothing", e.ai.calls(), overlapped)
 	}
 	got := e.store.get(t, a.ID)
 	events := e.notes.delivered()
