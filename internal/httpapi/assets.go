@@ -59,7 +59,7 @@ func (s *Server) ownAsset(w http.ResponseWriter, r *http.Request) (*asset.Asset,
 	}
 	switch {
 	case errors.Is(err, asset.ErrNotFound):
-		s.writeError(w, r, errorf(codeNotFound, "no asset %q", id))
+		s.writeError(w, r, errorf(codeNotFound, "no asset %s", quoted(id)))
 		return nil, false
 	case err != nil:
 		s.writeError(w, r, internalError(codeUnavailable, err))

@@ -414,3 +414,15 @@ func TestReadyzDown(t *testing.T) {
 		t.Errorf("the 503 leaks its cause: %q", b.Error.Message)
 	}
 }
+
+// TestNotFoundDoesNotEchoALongID: the 404 quotes a short start of the id
+// from the path, not all of it.
+func TestNotFoundDoesNotEchoALongID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.get(t, "/api/assets/"+strings.Repeat("%FE", 20_000), e.token(t, "u1", ""), doOptions{noRequestCheck: true})
+	b := r.wantError(t, 404, "not_found")
+	if len(r.Body) > 1024 || !strings.HasPrefix(b.Error.Message, `no asset "\xfe`) {
+		t.Errorf("a 404 of %d bytes: %.200s", len(r.Body), r.Body)
+	}
+}

@@ -282,6 +282,11 @@ func TestUploadIsDecidedByBytes(t *testing.T) {
 		{"newline", `form-data; name="images"; filename*=UTF-8''a%0D%0Ab.jpg`, "ab.jpg"},
 		{"encoded traversal", `form-data; name="images"; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd`, "passwd"},
 		{"encoded backslashes", `form-data; name="images"; filename*=UTF-8''C%3A%5Cx%5Cy.jpg`, "y.jpg"},
+		{"invalid utf-8", `form-data; name="images"; filename*=UTF-8''caf%E9.jpg`, "caf.jpg"},
+		{"high byte as us-ascii", `form-data; name="images"; filename*=us-ascii''caf%E9%FF.jpg`, "caf.jpg"},
+		{"utf-8-encoded surrogate", `form-data; name="images"; filename*=UTF-8''a%ED%A0%80b.jpg`, "ab.jpg"},
+		{"line and paragraph separators", `form-data; name="images"; filename*=UTF-8''a%E2%80%A8b%E2%80%A9c.jpg`, "abc.jpg"},
+		{"bidi override", `form-data; name="images"; filename*=UTF-8''photo%E2%80%AEgpj.exe`, "photogpj.exe"},
 	}
 	for _, c := range encoded {
 		t.Run("rfc 2231 "+c.name, func(t *testing.T) {
@@ -745,6 +750,48 @@ func TestUploadPixelCapCoversEveryFormat(t *testing.T) {
 			c := refusal{limits: lim, status: 422, code: "invalid_image", index: 0, msg: []string{"image 0", tc.size},
 				body: func(t *testing.T) []byte { return multipartBody(t, false, filePart("photo", data)) }}
 			c.run(t)
+		})
+	}
+}
+
+// TestUploadErrorsDoNotEchoWhatTheClientSent: a message that quotes the
+// client's text (a field name, a header line, the boundary) quotes a short,
+// valid UTF-8 start of it; 100 KB sent used to come back as 500 KB of
+// escapes.
+func TestUploadErrorsDoNotEchoWhatTheClientSent(t *testing.T) {
+	t.Parallel()
+	jpg := fixture(t, "valid/go-turns-two-280x360.jpeg")
+	junk := strings.Repeat("\xfe", 100_000)
+	for _, tc := range []struct {
+		name, contentType string
+		body              []byte
+		want              string
+	}{
+		{"file in a huge unknown field", multipartType,
+			multipartBody(t, false, part{disposition: `form-data; name="` + junk + `"; filename="a.jpg"`, data: jpg}), "unknown file field"},
+		{"huge text field name, too long a value", multipartType,
+			multipartBody(t, false, part{disposition: `form-data; name="` + junk + `"`, data: bytes.Repeat([]byte("x"), 65<<10)}), "is longer than"},
+		{"huge malformed header line", multipartType,
+			[]byte("--" + testBoundary + "\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.jpg\"\r\n" + junk + "\r\n\r\nxx\r\n--" + testBoundary + "--\r\n"),
+			"malformed"},
+		{"long boundary, never closed", "multipart/form-data; boundary=" + strings.Repeat("b", 2000),
+			[]byte("--" + strings.Repeat("b", 2000) + "\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--" + strings.Repeat("b", 2000) + "\r\n"),
+			"closing boundary"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			req := e.request(t, http.MethodPost, "/api/assets/analyze-queue", e.token(t, "u1", ""), bytes.NewReader(tc.body))
+			req.Header.Set("Content-Type", tc.contentType)
+			r := e.do(t, req)
+			b := r.wantError(t, 400, "bad_request")
+			if len(r.Body) > 1024 || len(b.Error.Message) > 400 {
+				t.Errorf("the reply is %d bytes for a request of %d: %s", len(r.Body), len(tc.body), r.Body)
+			}
+			if !strings.Contains(b.Error.Message, tc.want) {
+				t.Errorf("message %q: want it to say %q", b.Error.Message, tc.want)
+			}
+			e.wantNothingKept(t)
 		})
 	}
 }
