@@ -15,7 +15,7 @@ const (
 	CodeTimeout          = "ai_timeout"            // no answer within AI_TIMEOUT, or 408
 	CodeRateLimited      = "ai_rate_limited"       // 429
 	CodeRejected         = "ai_rejected"           // AI service refused the request (4xx)
-	CodeBadResponse      = "ai_bad_response"       // 200 that is not a JSON object, or an unexpected status
+	CodeBadResponse      = "ai_bad_response"       // 200 that ParseResponse refuses, or an unexpected status
 	CodeResponseTooLarge = "ai_response_too_large" // result over MaxResultBytes
 	CodeCanceled         = "ai_canceled"           // the caller's context was canceled
 	CodeImageUndecodable = "image_undecodable"     // header or pixel data broken
