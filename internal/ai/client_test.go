@@ -1,6 +1,7 @@
 package ai_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -550,10 +551,14 @@ func TestClientQuotesRemoteTextSafely(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			// net/http hands the status line's reason phrase over as sent.
 			c.SetDeadline(time.Now().Add(5 * time.Second))
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			// net/http hands the status line's reason phrase over as sent.
 			io.WriteString(c, "HTTP/1.1 503 "+hostile+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-			io.Copy(io.Discard, c)
 		}()
 		c := newClient(t, "http://"+ln.Addr().String(), testToken, 5*time.Second, nil)
 		_, err = c.Analyze(t.Context(), ai.Image{AssetID: "a", ContentType: "image/jpeg", Body: strings.NewReader("jpeg")})
