@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +20,9 @@ import (
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/asset/sqlitestore"
 	"github.com/klectr/klectr/internal/queue"
+	"github.com/klectr/klectr/internal/sqlitedb"
 )
 
 func answer(status int, header map[string]string, body string) func(w http.ResponseWriter, r *http.Request, n int) {
@@ -701,4 +704,52 @@ func TestStoreErrorsNeverReachTheUser(t *testing.T) {
 		t.Fatalf("events %q: want one, without the store's text", events)
 	}
 	checkEvent(t, events[0], got)
+}
+
+// The hostile results of TestProcessJobBadAIResultsFailAtOnce against the
+// real SQLite store: on main its CHECK (json_valid) refused the deep object
+// in Finish, the job was retried with a new AI call each time, and the user
+// got job_dead quoting the SQL. Now each fails at once with ai_bad_response,
+// and the stored asset and event are valid UTF-8.
+func TestBadAIResultsOnTheSQLiteStore(t *testing.T) {
+	t.Parallel()
+	for name, body := range map[string]string{
+		"1500-deep":     strings.Repeat(`{"a":`, 1499) + "{}" + strings.Repeat("}", 1499),
+		"invalid UTF-8": "{\"label\":\"Pok\xe9mon\"}",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(200, nil, body), envOptions{})
+			db, err := sqlitedb.Open(t.Context(), filepath.Join(t.TempDir(), "klectr.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			store, err := sqlitestore.New(t.Context(), db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.h.Store = store
+			a, job := e.newAsset()
+			a.Attempts = 0
+			if err := store.Create(t.Context(), a); err != nil {
+				t.Fatal(err)
+			}
+			err = e.h.ProcessJob(context.Background(), job)
+			if !queue.IsPermanent(err) || ai.Code(err) != ai.CodeBadResponse {
+				t.Fatalf("ProcessJob = %v; want a permanent %s, decided before the store", err, ai.CodeBadResponse)
+			}
+			got, err := store.Get(t.Context(), a.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != ai.CodeBadResponse || e.ai.calls() != 1 {
+				t.Fatalf("asset %s, error %+v after %d AI calls; want failed with %s after 1", got.Status, got.Error, e.ai.calls(), ai.CodeBadResponse)
+			}
+			checkUserMessage(t, got.Error.Message)
+			if events := e.notes.delivered(); len(events) != 1 || !utf8.Valid(events[0].Data) {
+				t.Fatalf("events %q: want one, valid UTF-8", events)
+			}
+		})
+	}
 }
