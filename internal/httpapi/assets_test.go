@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 
@@ -424,5 +425,22 @@ func TestNotFoundDoesNotEchoALongID(t *testing.T) {
 	b := r.wantError(t, 404, "not_found")
 	if len(r.Body) > 1024 || !strings.HasPrefix(b.Error.Message, `no asset "\xfe`) {
 		t.Errorf("a 404 of %d bytes: %.200s", len(r.Body), r.Body)
+	}
+}
+
+// TestLegacyInvalidUTF8ResultIsServedValid: a result stored before results
+// were validated may hold invalid UTF-8; the API serves it replaced, so that
+// strict decoders (Swift's JSONDecoder, Python's) can read the page.
+func TestLegacyInvalidUTF8ResultIsServedValid(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a := newAsset("u1", asset.StatusDraft, time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC))
+	a.AIMetadata = json.RawMessage("{\"label\":\"Pok\xe9mon\"}")
+	e.assets.put(a)
+	for _, path := range []string{"/api/assets/" + a.ID, "/api/assets"} {
+		r := e.get(t, path, e.token(t, "u1", ""))
+		if r.StatusCode != http.StatusOK || !utf8.Valid(r.Body) || !strings.Contains(string(r.Body), "Pok\uFFFDmon") {
+			t.Errorf("GET %s: %d %q; want 200, valid UTF-8, the bad byte replaced", path, r.StatusCode, r.Body)
+		}
 	}
 }

@@ -21,12 +21,14 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
@@ -94,6 +96,13 @@ func NewEvent(a *asset.Asset) Event {
 	}
 	if len(ev.AIMetadata) == 0 {
 		ev.AIMetadata = json.RawMessage("null")
+	}
+	// A final state recorded before results were validated (Relay sends
+	// it) may hold invalid UTF-8, which a websocket client drops the
+	// connection over. Outside strings it is a syntax error, so replacing
+	// it keeps the JSON valid.
+	if !utf8.Valid(ev.AIMetadata) {
+		ev.AIMetadata = bytes.ToValidUTF8(ev.AIMetadata, []byte("\uFFFD"))
 	}
 	if a.ProcessedAt != nil {
 		ev.ProcessedAt = a.ProcessedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")

@@ -753,3 +753,24 @@ func TestBadAIResultsOnTheSQLiteStore(t *testing.T) {
 		})
 	}
 }
+
+// A draft recorded before results were validated may hold invalid UTF-8;
+// its event (sent by Relay) must still be valid UTF-8 JSON, or the official
+// client on a websocket drops the connection and never gets it.
+func TestRelayedLegacyResultIsValidUTF8(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, answer(200, nil, okResult), envOptions{})
+	a, _ := e.newAsset()
+	at := e.clock.Now().Add(-time.Hour)
+	a.Status, a.AIMetadata, a.ProcessedAt, a.UpdatedAt = asset.StatusDraft, json.RawMessage("{\"label\":\"Pok\xe9mon\"}"), &at, at
+	a.EventID, a.EventPending, a.Attempts = ulid.Make().String(), true, 1
+	e.store.put(a)
+	if n, err := e.h.Relay(context.Background(), time.Minute); err != nil || n != 1 {
+		t.Fatalf("Relay = %d, %v; want 1", n, err)
+	}
+	events := e.notes.delivered()
+	if len(events) != 1 || !utf8.Valid(events[0].Data) || !strings.Contains(string(events[0].Data), "Pok\uFFFDmon") {
+		t.Fatalf("events %q: want one, valid UTF-8, the bad byte replaced", events)
+	}
+	checkEvent(t, events[0], e.store.get(t, a.ID))
+}
