@@ -21,12 +21,14 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
@@ -37,6 +39,11 @@ import (
 // EventAssetProcessed is the realtime event sent when an asset reaches a
 // final state.
 const EventAssetProcessed = "asset_processed"
+
+// CodeJobDead is the asset error code of a job that died without its handler
+// recording a final state (its worker killed on the last attempt, or a
+// store that refused every attempt's outcome).
+const CodeJobDead = "job_dead"
 
 // Store is what the pipeline reads and writes of the asset store.
 type Store interface {
@@ -89,6 +96,13 @@ func NewEvent(a *asset.Asset) Event {
 	}
 	if len(ev.AIMetadata) == 0 {
 		ev.AIMetadata = json.RawMessage("null")
+	}
+	// A final state recorded before results were validated (Relay sends
+	// it) may hold invalid UTF-8, which a websocket client drops the
+	// connection over. Outside strings it is a syntax error, so replacing
+	// it keeps the JSON valid.
+	if !utf8.Valid(ev.AIMetadata) {
+		ev.AIMetadata = bytes.ToValidUTF8(ev.AIMetadata, []byte("\uFFFD"))
 	}
 	if a.ProcessedAt != nil {
 		ev.ProcessedAt = a.ProcessedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")
@@ -143,7 +157,9 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 	last := job.Attempt >= job.MaxAttempts
 	log.WarnContext(ctx, "analysis failed", "err", err, "code", ai.Code(err), "permanent", permanent, "lastAttempt", last)
 	if permanent || last {
-		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: err.Error()}}
+		// The user sees the code and a message written for users; the
+		// cause (a store's or library's text) stays in the log above.
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: ai.UserMessage(err)}}
 		if ferr := h.finish(ctx, log, a, job, out); ferr != nil {
 			return ferr
 		}
@@ -167,7 +183,14 @@ func (h *Handler) analyze(ctx context.Context, p Payload) (json.RawMessage, erro
 		return nil, &ai.Error{Code: ai.CodeImageUnreadable, Message: "the stored image cannot be read now", Err: err}
 	}
 	defer rc.Close()
-	return h.Analyzer.Analyze(ctx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+	result, err := h.Analyzer.Analyze(ctx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+	if err != nil {
+		return nil, err
+	}
+	// Whatever the Analyzer, the store gets only a result validated and
+	// re-encoded here: a store refusing it would look like a transient
+	// failure and have the AI called again on every retry.
+	return ai.ParseResponse(result)
 }
 
 // finish records the final state with its owed event, then publishes it.
@@ -256,13 +279,13 @@ func (h *Handler) Reconcile(ctx context.Context, jobs DeadJobs) (int, error) {
 		if err != nil || a.Status != asset.StatusProcessing || a.ProcessingJobID != info.ID {
 			continue
 		}
-		msg := "the analysis did not finish"
-		if e := info.LastError(); e != "" {
-			msg += ": " + e
-		}
+		// The queue's last error is whatever the handler or the queue wrote
+		// (a store's SQL, a panic, a rescue note): it goes to the log, and
+		// the user gets a fixed sentence.
 		log := h.Log.With("jobId", info.ID, "assetId", a.ID, "userId", a.UserID)
-		log.WarnContext(ctx, "dead job left its asset processing; failing it")
-		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: "job_dead", Message: msg}}
+		log.WarnContext(ctx, "dead job left its asset processing; failing it", "lastError", info.LastError())
+		msg := fmt.Sprintf("the analysis did not finish after %d attempts", info.Attempt)
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: CodeJobDead, Message: msg}}
 		if err := h.finish(ctx, log, a, job, out); err != nil {
 			return n, err
 		}
