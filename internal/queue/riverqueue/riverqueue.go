@@ -248,8 +248,7 @@ func (q *Queue) riverConfig() *river.Config {
 // Enqueue stores jobs atomically in a transaction of its own. Do not call it
 // while the calling goroutine holds a transaction on db.Write: with one write
 // connection it would wait for that transaction until ctx ends. Use EnqueueTx
-// there. Like EnqueueTx's, its jobs are found by the next fetch poll
-// (FetchPollInterval), or sooner when a job finishes.
+// there.
 func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
 	if len(jobs) == 0 {
 		return nil
