@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +99,29 @@ func TestStates(t *testing.T) {
 	}
 	if queue.State("discarded").Valid() {
 		t.Errorf("a River state leaked into ours")
+	}
+}
+
+func TestFairTierGrowsWithBacklog(t *testing.T) {
+	t.Parallel()
+	for backlog, want := range map[int]int{0: 1, queue.FairBurst - 1: 1, queue.FairBurst: 2, 8*queue.FairBurst - 1: 2,
+		8 * queue.FairBurst: 3, 64*queue.FairBurst - 1: 3, 64 * queue.FairBurst: 4, 1 << 30: queue.FairTiers} {
+		if got := queue.FairTier(backlog); got != want {
+			t.Errorf("FairTier(%d) = %d, want %d", backlog, got, want)
+		}
+	}
+}
+
+func TestValidateBoundsGroup(t *testing.T) {
+	t.Parallel()
+	job := queue.Job{ID: "j", Queue: queue.AIProcessing, Payload: json.RawMessage(`{}`), Group: strings.Repeat("g", queue.MaxGroupLen)}
+	if err := job.Validate(); err != nil {
+		t.Errorf("a group of MaxGroupLen bytes: %v", err)
+	}
+	for _, g := range []string{strings.Repeat("g", queue.MaxGroupLen+1), "\xff"} {
+		job.Group = g
+		if job.Validate() == nil {
+			t.Errorf("group %q: Validate = nil, want an error", g)
+		}
 	}
 }

@@ -77,6 +77,9 @@ func TestBackend(t *testing.T, f Factory) {
 		{"ConcurrencyLimitHolds", s.concurrencyLimit},
 		{"CrashedWorkerJobRunsAgain", s.crashRedelivery},
 		{"ManyJobsWithFailuresNoneLostNoneTwice", s.manyJobs},
+		{"FairnessOneJobOvertakesABatch", s.fairness},
+		{"FairnessKeepsOrderWithinAGroup", s.groupOrder},
+		{"AdminCallsWorkInEveryTier", s.adminInEveryTier},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if !inCrashChild() {

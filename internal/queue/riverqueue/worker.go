@@ -18,6 +18,7 @@ import (
 // enqueue time as the enqueuer gave it.
 type jobArgs struct {
 	ID         string          `json:"id"`
+	Group      string          `json:"group"`
 	Payload    json.RawMessage `json:"payload"`
 	EnqueuedAt time.Time       `json:"enqueuedAt"`
 }
@@ -38,6 +39,7 @@ func (w *worker) Work(ctx context.Context, rj *river.Job[jobArgs]) error {
 	job := &queue.Job{
 		ID:          rj.Args.ID,
 		Queue:       rj.Queue,
+		Group:       rj.Args.Group,
 		Payload:     rj.Args.Payload,
 		Attempt:     rj.Attempt,
 		MaxAttempts: rj.MaxAttempts,
