@@ -253,7 +253,7 @@ func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
 	if len(jobs) == 0 {
 		return nil
 	}
-	return q.inTx(ctx, func(tx *sql.Tx) error { return q.EnqueueTx(ctx, tx, jobs...) })
+	return q.db.InTx(ctx, func(tx *sql.Tx) error { return q.EnqueueTx(ctx, tx, jobs...) })
 }
 
 // EnqueueTx stores jobs in the caller's transaction on db.Write: they become
