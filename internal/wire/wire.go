@@ -5,9 +5,12 @@
 package wire
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/queue"
@@ -72,7 +75,18 @@ func NewJob(a *asset.Asset, now time.Time) (queue.Job, error) {
 	if err != nil {
 		return queue.Job{}, fmt.Errorf("wire: encode job: %w", err)
 	}
-	return queue.Job{ID: p.JobID, Queue: queue.AIProcessing, Payload: b, EnqueuedAt: p.EnqueuedAt}, nil
+	return queue.Job{ID: p.JobID, Queue: queue.AIProcessing, Group: group(a.UserID), Payload: b, EnqueuedAt: p.EnqueuedAt}, nil
+}
+
+// group is the job's fairness key, the uploader's user id; one the queue
+// would refuse (longer than queue.MaxGroupLen, or not UTF-8) is replaced by
+// its SHA-256, which keeps the user's jobs together.
+func group(userID string) string {
+	if len(userID) <= queue.MaxGroupLen && utf8.ValidString(userID) {
+		return userID
+	}
+	sum := sha256.Sum256([]byte(userID))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // NewJobs builds the job of each asset, in order.

@@ -31,7 +31,7 @@ func TestNewJobMatchesSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if job.ID != jobID || job.Queue != queue.AIProcessing || !job.EnqueuedAt.Equal(now.Truncate(time.Millisecond)) {
+	if job.ID != jobID || job.Queue != queue.AIProcessing || job.Group != "u1" || !job.EnqueuedAt.Equal(now.Truncate(time.Millisecond)) {
 		t.Fatalf("job %+v", job)
 	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(job.Payload))
@@ -49,6 +49,18 @@ func TestNewJobMatchesSchema(t *testing.T) {
 		Size: 10, SHA256: sum, EnqueuedAt: now.UTC().Truncate(time.Millisecond)}
 	if p != want {
 		t.Fatalf("decoded %+v, want %+v", p, want)
+	}
+
+	// The fairness key is the user; one the queue would refuse still keeps
+	// the user's jobs together.
+	long := *a
+	long.UserID = strings.Repeat("é", queue.MaxGroupLen)
+	lj, err := wire.NewJob(&long, now)
+	if err != nil || lj.Validate() != nil || !strings.HasPrefix(lj.Group, "sha256:") {
+		t.Fatalf("job of a long user id: group %q, %v, %v", lj.Group, err, lj.Validate())
+	}
+	if again, _ := wire.NewJob(&long, now); again.Group != lj.Group {
+		t.Fatal("two jobs of one user in two groups")
 	}
 
 	if _, err := wire.NewJob(&asset.Asset{ID: assetID}, now); err == nil {
