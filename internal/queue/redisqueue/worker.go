@@ -350,7 +350,7 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 		return q.markDead(ctx, log, qname, id, t.Payload(), env, attempt, err)
 	case isSnooze(err):
 		d, _ := queue.SnoozeDelay(err)
-		log.InfoContext(ctx, "job snoozed; attempt not counted", "for", d)
+		log.DebugContext(ctx, "job snoozed; attempt not counted", "for", d)
 		return &snoozed{err: err, d: d}
 	case attempt >= env.MaxAttempts:
 		log.WarnContext(ctx, "job failed on its last attempt; dead")

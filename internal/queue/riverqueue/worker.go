@@ -57,7 +57,7 @@ func (w *worker) Work(ctx context.Context, rj *river.Job[jobArgs]) error {
 		return river.JobCancel(err)
 	case isSnooze(err):
 		d, _ := queue.SnoozeDelay(err)
-		log.InfoContext(ctx, "job snoozed; attempt not counted", "for", d)
+		log.DebugContext(ctx, "job snoozed; attempt not counted", "for", d)
 		return river.JobSnooze(d)
 	case errors.Is(ctx.Err(), context.Canceled) && errors.Is(err, context.Canceled):
 		// Most likely Stop cancelled it; River puts it back unattempted.
