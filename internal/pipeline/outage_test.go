@@ -211,8 +211,8 @@ func (o outage) run(t *testing.T) outageFigures {
 	}
 
 	svc.set(o.down)
-	begin := time.Now()
 	add(o.before)
+	begin := time.Now()
 	if err := q.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,7 @@ func (o outage) run(t *testing.T) outageFigures {
 func TestAIOutageBurnsNoRetries(t *testing.T) {
 	t.Parallel()
 	base := outage{length: 6 * time.Second, policy: queue.Policy{Retries: 3, Backoff: 100 * time.Millisecond},
-		probe: ai.DefaultBreakerProbeInterval, before: 48, during: 24, concurrency: 16}
+		probe: ai.DefaultBreakerProbeInterval, before: 32, during: 16, concurrency: 16}
 	for _, c := range []struct {
 		name    string
 		breaker bool
