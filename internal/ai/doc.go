@@ -43,6 +43,15 @@
 // Retry-After is read as delta-seconds (digits only) or an HTTP date, and capped at
 // MaxRetryAfter so that a confused service cannot park a job for hours.
 //
+// # Circuit breaker
+//
+// Breaker wraps the Client (one per worker process): after
+// BreakerConfig.Threshold outage failures in a row, or one 429/503 with
+// Retry-After, it stops sending and returns *OpenError, on which the worker
+// snoozes the job without counting an attempt; it probes the service once
+// per ProbeInterval and closes on the first answer. Permanent errors pass
+// through and never open it. State and BreakerCollector expose it.
+//
 // # The two analyzers
 //
 // Client streams the stored bytes to the AI service as multipart/form-data

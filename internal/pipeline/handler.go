@@ -15,6 +15,10 @@
 //     be decoded) fail the asset at once; retryable ones are retried by the
 //     queue with backoff, honouring the AI service's Retry-After, and the
 //     last attempt fails the asset.
+//   - An AI outage costs waiting, not attempts: while the Analyzer's
+//     circuit breaker (ai.Breaker) is open, or when it takes a failure as
+//     part of an outage, the job is snoozed (queue.Snooze) until the next
+//     probe, and its asset stays processing with its attempt count.
 //   - A job that died without reaching its handler's last step (its worker
 //     killed on the last attempt) is found by Reconcile, which fails its
 //     asset, so every accepted asset ends draft or failed.
@@ -71,6 +75,10 @@ type Handler struct {
 }
 
 var _ queue.Handler = (*Handler)(nil)
+
+// pauser is an Analyzer that can tell without a request that it would send
+// none now (ai.Breaker while the AI service is down), and for how long.
+type pauser interface{ Wait() time.Duration }
 
 // Event is the asset_processed payload (api/asset-processed-event.schema.json).
 type Event struct {
@@ -131,6 +139,12 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 		log.InfoContext(ctx, "repeat delivery acknowledged without work", "status", a.Status)
 		return nil
 	}
+	if p, ok := h.Analyzer.(pauser); ok {
+		if d := p.Wait(); d > 0 {
+			log.DebugContext(ctx, "AI service circuit breaker open; job snoozed", "for", d)
+			return queue.Snooze(errors.New("the AI service circuit breaker is open"), d)
+		}
+	}
 	if err := h.Store.RecordAttempt(ctx, a.ID, job.ID, job.Attempt, h.Now()); errors.Is(err, asset.ErrConflict) || errors.Is(err, asset.ErrNotFound) {
 		log.InfoContext(ctx, "repeat delivery acknowledged without work")
 		return nil
@@ -148,6 +162,10 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 		// Shutdown: not the image's fault. The queue puts the job back.
 		log.WarnContext(ctx, "analysis interrupted", "err", err)
 		return err
+	}
+	if d, ok := ai.BreakerWait(err); ok {
+		log.DebugContext(ctx, "AI service outage; job snoozed", "for", d, "err", err)
+		return queue.Snooze(err, d)
 	}
 	// The job's own deadline counts as a failed attempt like any other;
 	// what is left of the work (recording the outcome) must not inherit it.

@@ -95,6 +95,12 @@ func FairTier(backlog int) int {
 //   - Permanent(err): dead at once, without further attempts.
 //   - RetryAfter(err, d): retried no earlier than d from now; the failed
 //     run still counts as an attempt, so the last attempt ends dead.
+//   - Snooze(err, d): waits again and runs no earlier than d from now, and
+//     the run does not count as an attempt: the next delivery has the same
+//     Attempt, Info.Attempt and Info.State are as before the run, no error
+//     is recorded, and however often a job snoozes it never ends dead for
+//     it. For a handler that did not try (the AI service is known to be
+//     down), not for a failed attempt.
 //   - any other error, or a panic (which the backend recovers): retried
 //     after the Policy's Delay until MaxAttempts attempts have run, then
 //     dead.

@@ -125,3 +125,21 @@ func TestValidateBoundsGroup(t *testing.T) {
 		}
 	}
 }
+
+func TestSnoozeMarkSurvivesWrapping(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("ai: breaker open")
+	err := fmt.Errorf("pipeline: %w", queue.Snooze(cause, 3*time.Second))
+	if d, ok := queue.SnoozeDelay(err); !ok || d != 3*time.Second || !errors.Is(err, cause) {
+		t.Errorf("SnoozeDelay(wrapped) = %v, %v, cause kept %v; want 3s, true, true", d, ok, errors.Is(err, cause))
+	}
+	if queue.Snooze(nil, time.Second) == nil {
+		t.Errorf("Snooze(nil, d) = nil: a handler would mark the job completed")
+	}
+	if d, ok := queue.SnoozeDelay(queue.Snooze(nil, -time.Second)); !ok || d != 0 {
+		t.Errorf("a negative snooze = %v, %v; want 0, true", d, ok)
+	}
+	if _, ok := queue.SnoozeDelay(queue.RetryAfter(cause, time.Second)); ok {
+		t.Errorf("RetryAfter is not a snooze")
+	}
+}

@@ -69,6 +69,7 @@ func TestBackend(t *testing.T, f Factory) {
 		{"ExhaustedRetriesLeaveJobDead", s.exhaustedRetries},
 		{"PermanentErrorIsDeadAtOnce", s.permanent},
 		{"RetryAfterIsHonoured", s.retryAfter},
+		{"SnoozeCountsNoAttempt", s.snoozeCountsNoAttempt},
 		{"RetryReplaysDeadJob", s.retryReplays},
 		{"Delete", s.delete},
 		{"UnknownIDsAndWrongStates", s.sentinels},

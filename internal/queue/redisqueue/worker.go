@@ -32,6 +32,9 @@ import (
 //     without running it, so a job that kills its worker cannot loop.
 //   - context.Canceled while Stop cancels: returned as interrupted, which
 //     asynq neither counts (IsFailure) nor delays: the job waits as before.
+//   - Snooze: returned as snoozed, which asynq does not count (IsFailure)
+//     and schedules after the snooze (RetryDelay): the job waits as before,
+//     its retried count and history unchanged.
 
 // Start works jobs until Stop, if the Queue has a Handler; otherwise it does
 // nothing. With RecoverOnStart it first hands every running job to asynq's
@@ -57,7 +60,7 @@ func (q *Queue) Start(ctx context.Context) error {
 		TaskCheckInterval:        q.cfg.PollInterval,
 		DelayedTaskCheckInterval: q.cfg.PollInterval,
 		RetryDelayFunc:           q.retryDelay,
-		IsFailure:                func(err error) bool { return !errors.As(err, new(*interrupted)) },
+		IsFailure:                func(err error) bool { return !uncounted(err) },
 		// Stop waits for handlers itself; asynq's own deadline only puts
 		// back the jobs of handlers that ignored their cancellation.
 		ShutdownTimeout: time.Second,
@@ -179,6 +182,21 @@ type interrupted struct{ err error }
 func (e *interrupted) Error() string { return e.err.Error() }
 func (e *interrupted) Unwrap() error { return e.err }
 
+// snoozed marks a run the handler snoozed: asynq puts the job back for d
+// without counting the attempt.
+type snoozed struct {
+	err error
+	d   time.Duration
+}
+
+func (e *snoozed) Error() string { return e.err.Error() }
+func (e *snoozed) Unwrap() error { return e.err }
+
+// uncounted reports a run that asynq must not count as an attempt.
+func uncounted(err error) bool {
+	return errors.As(err, new(*interrupted)) || errors.As(err, new(*snoozed))
+}
+
 // retryDelay is asynq's RetryDelayFunc: n is the number of attempts that
 // failed before the one that just failed. The delay is rounded up to the
 // next whole second, as asynq schedules retries in seconds.
@@ -186,8 +204,12 @@ func (q *Queue) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	if errors.As(err, new(*interrupted)) {
 		return 0
 	}
+	var s *snoozed
 	d, ok := queue.RetryDelay(err)
-	if !ok {
+	switch {
+	case errors.As(err, &s):
+		d = s.d
+	case !ok:
 		d = q.cfg.Policy.Delay(n + 1)
 	}
 	now := time.Now()
@@ -333,6 +355,10 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	case queue.IsPermanent(err):
 		log.WarnContext(ctx, "job failed permanently; dead")
 		return q.markDead(ctx, log, qname, id, t.Payload(), env, attempt, err)
+	case isSnooze(err):
+		d, _ := queue.SnoozeDelay(err)
+		log.DebugContext(ctx, "job snoozed; attempt not counted", "for", d)
+		return &snoozed{err: err, d: d}
 	case attempt >= env.MaxAttempts:
 		log.WarnContext(ctx, "job failed on its last attempt; dead")
 		return q.markDead(ctx, log, qname, id, t.Payload(), env, attempt, err)
@@ -342,6 +368,11 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	}
 	log.InfoContext(ctx, "job failed; will retry")
 	return err
+}
+
+func isSnooze(err error) bool {
+	_, ok := queue.SnoozeDelay(err)
+	return ok
 }
 
 // call runs the handler, turning a panic into an error.
