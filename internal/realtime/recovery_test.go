@@ -24,7 +24,7 @@ import (
 // eventlog.Notifier (append to the SQLite log, then publish).
 type recoveryServer struct {
 	*testServer
-	log    *sqlitelog.Log
+	log    eventlog.Log
 	notify *eventlog.Notifier
 }
 
@@ -48,7 +48,7 @@ func withBacklog(b realtime.Backlog) serverOption {
 	}
 }
 
-func startRecoveryServer(t testing.TB, addr string, bus *realtime.LocalBus, l *sqlitelog.Log, opts ...serverOption) *recoveryServer {
+func startRecoveryServer(t testing.TB, addr string, bus *realtime.LocalBus, l eventlog.Log, opts ...serverOption) *recoveryServer {
 	t.Helper()
 	if l == nil {
 		l = newSQLiteLog(t)
