@@ -209,7 +209,9 @@ func (s *session) catchUp(c *catchup, userID string, r resume) {
 		s.close(reasonQueueFull, false)
 		return
 	}
-	s.log.Info("socket caught up", "userId", userID, "asked", r.asked, "recovered", recovered, "replayed", replayed, "held", len(c.held))
+	if r.asked {
+		s.log.Info("socket caught up", "userId", userID, "recovered", recovered, "replayed", replayed)
+	}
 }
 
 // replay queues first (if any) and the page's events, unless the catch-up
