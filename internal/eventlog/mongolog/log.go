@@ -72,12 +72,18 @@ func New(ctx context.Context, db *mongo.Database, retention time.Duration) (*Log
 	_, err := c.Indexes().CreateOne(ctx, mongo.IndexModel{
 		Keys: bson.D{{Key: "at", Value: 1}}, Options: options.Index().SetName("at_ttl").SetExpireAfterSeconds(max(secs, 1)),
 	})
+	var se mongo.ServerError
+	if errors.As(err, &se) && (se.HasErrorCode(85) || se.HasErrorCode(86)) {
+		// IndexOptionsConflict: at_ttl exists with another retention
+		// (EVENT_RETENTION changed); set the new one.
+		err = db.RunCommand(ctx, bson.D{{Key: "collMod", Value: Collection},
+			{Key: "index", Value: bson.D{{Key: "name", Value: "at_ttl"}, {Key: "expireAfterSeconds", Value: max(secs, 1)}}}}).Err()
+	}
 	if err == nil {
 		l.ttl = true
 		return l, nil
 	}
-	// No TTL (FerretDB), or an at_ttl of another retention: Expire does the
-	// work, on an index of its own.
+	// No TTL (FerretDB): Expire does the work, on an index of its own.
 	if _, err := c.Indexes().CreateOne(ctx, mongo.IndexModel{
 		Keys: bson.D{{Key: "at", Value: 1}, {Key: "_id", Value: 1}}, Options: options.Index().SetName("at"),
 	}); err != nil {

@@ -36,7 +36,8 @@ func TestLog(t *testing.T) {
 	})
 }
 
-// New is idempotent: a second process (or a restart) finds the indexes.
+// New is idempotent: a second process (or a restart, also with another
+// retention) finds the indexes.
 func TestNewTwice(t *testing.T) {
 	t.Parallel()
 	db := database(t)
@@ -44,7 +45,7 @@ func TestNewTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := mongolog.New(context.Background(), db, time.Hour)
+	second, err := mongolog.New(context.Background(), db, 2*time.Hour) // EVENT_RETENTION changed
 	if err != nil {
 		t.Fatalf("second New: %v", err)
 	}
