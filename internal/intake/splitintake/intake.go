@@ -17,6 +17,27 @@
 //   - an enqueue that succeeded although it reported an error (a timeout
 //     after Redis took the job): the assets are deleted and the job finds no
 //     asset, which the handler acknowledges without work.
+//
+// Keyed uploads (SubmitOnce): the key's entry is reserved (Keys, one atomic
+// insert across all api processes) with the response and the asset ids it
+// will answer with, then the assets are written and enqueued, then the
+// entry is marked done. What a crash can leave, and what the client sees:
+//   - before the reservation: nothing; a retry starts afresh.
+//   - a reservation whose request died (its process crashed, or it could
+//     neither finish nor undo its writes): retries of the key get 409 until
+//     the entry's lease (Lease after the request) has passed. The first retry
+//     after it decides by the entry's assets, the source of truth: all of
+//     them exist → they are the upload (enqueued, or enqueued by the
+//     reconciler), the entry is marked done and the retry gets the original
+//     202; some → they are deleted (a job of theirs finds no asset and is
+//     acknowledged), and the retry proceeds as the first request; none → it
+//     proceeds. What guarantees one creation: the lease is longer than the
+//     submission's own timeout (submitTimeout), so a live request has stopped
+//     writing before its entry can be taken over. A write the store applies
+//     after the client's timeout and after the whole lease (a stalled
+//     primary) could still add a second copy; nothing bounds that but Lease.
+//   - after the writes, before done: the entry holds the response; after
+//     the lease a retry finds every asset and replays it.
 package splitintake
 
 import (
@@ -27,6 +48,7 @@ import (
 	"time"
 
 	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/wire"
 )
@@ -48,19 +70,37 @@ type Queue interface {
 	Delete(ctx context.Context, id string) error
 }
 
+// Keys is what the intake asks of the idempotency entries (mongokeys).
+type Keys interface {
+	// Reserve inserts e, pending, and returns nil, or returns the key's
+	// entry live at at.
+	Reserve(ctx context.Context, e idempotency.Entry, at time.Time) (*idempotency.Entry, error)
+	Complete(ctx context.Context, userID, key, token string) error
+	Release(ctx context.Context, userID, key, token string) error
+}
+
+// Lease is how long a reservation keeps other requests of its key out
+// (409) before they may look at what it left (see the package doc).
+const Lease = time.Minute
+
+// submitTimeout bounds a keyed submission's writes; it is well inside
+// Lease, so that they have ended before the reservation can be taken over.
+const submitTimeout = 20 * time.Second
+
 // Intake writes assets, then enqueues their jobs.
 type Intake struct {
 	store Store
 	queue Queue
+	keys  Keys
 	log   *slog.Logger
 	now   func() time.Time
 	newID func() string
 }
 
 // New returns the intake. newID makes event ids (the admin's delete fails
-// an asset, which owes its event).
-func New(store Store, q Queue, newID func() string, log *slog.Logger) *Intake {
-	return &Intake{store: store, queue: q, log: log, now: time.Now, newID: newID}
+// an asset, which owes its event) and reservation tokens.
+func New(store Store, q Queue, keys Keys, newID func() string, log *slog.Logger) *Intake {
+	return &Intake{store: store, queue: q, keys: keys, log: log, now: time.Now, newID: newID}
 }
 
 // Submit stores the assets, then enqueues their jobs; if the enqueue fails,
@@ -87,6 +127,121 @@ func (in *Intake) Submit(ctx context.Context, assets []*asset.Asset) error {
 			"assetIds", ids, "err", err, "enqueueErr", qerr)
 	}
 	return fmt.Errorf("splitintake: enqueue: %w", qerr)
+}
+
+var _ idempotency.Submitter = (*Intake)(nil)
+
+// SubmitOnce is Submit under an idempotency key (idempotency.Submitter);
+// see the package doc for what a crash leaves.
+func (in *Intake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idempotency.Claim) (*idempotency.Record, error) {
+	ids := make([]string, len(assets))
+	for i, a := range assets {
+		ids[i] = a.ID
+	}
+	e := idempotency.Entry{
+		Record: idempotency.Record{UserID: c.UserID, Key: c.Key, Fingerprint: c.Fingerprint,
+			Response: c.Response, ExpiresAt: c.ExpiresAt()},
+		Token: in.newID(), LeaseUntil: c.At.Add(Lease), AssetIDs: ids,
+	}
+	log := in.log.With("userId", c.UserID, "idempotencyKey", idempotency.LogID(c.UserID, c.Key))
+	for reserved := false; !reserved; {
+		old, err := in.keys.Reserve(ctx, e, c.At)
+		switch {
+		case err != nil:
+			return nil, err
+		case old == nil:
+			reserved = true
+			continue
+		}
+		if err := idempotency.Check(&old.Record, c); err != nil {
+			return nil, err
+		}
+		if old.Done {
+			return &old.Record, nil
+		}
+		if old.LeaseUntil.After(c.At) {
+			return nil, idempotency.ErrInFlight
+		}
+		done, err := in.recover(ctx, old, log)
+		if err != nil {
+			return nil, err
+		}
+		if done {
+			return &old.Record, nil
+		}
+	}
+
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
+	defer cancel()
+	if err := in.Submit(wctx, assets); err != nil {
+		// A failed Create may have written some of the assets: remove them
+		// before the key is free again, or leave the entry to the lease.
+		if derr := in.deleteOwn(wctx, assets); derr != nil {
+			log.ErrorContext(ctx, "a keyed upload failed and its assets could not be removed; the key is held until its lease passes",
+				"err", derr, "submitErr", err)
+		} else if rerr := in.keys.Release(wctx, c.UserID, c.Key, e.Token); rerr != nil {
+			log.WarnContext(ctx, "a failed keyed upload could not free its key; it is held until its lease passes", "err", rerr)
+		}
+		return nil, err
+	}
+	if err := in.keys.Complete(wctx, c.UserID, c.Key, e.Token); err != nil {
+		// The assets are durable and the entry holds their response: a
+		// retry after the lease finds them and replays it.
+		log.WarnContext(ctx, "a keyed upload's key was not marked done; retries get 409 until its lease passes", "err", err)
+	}
+	return nil, nil
+}
+
+// deleteOwn deletes those of assets that are stored, recognised by their
+// blob key (a server-generated key of this request), so that an id another
+// upload holds (the reason a Create can fail) is left alone.
+func (in *Intake) deleteOwn(ctx context.Context, assets []*asset.Asset) error {
+	var own []string
+	for _, a := range assets {
+		got, err := in.store.Get(ctx, a.ID)
+		switch {
+		case errors.Is(err, asset.ErrNotFound):
+		case err != nil:
+			return err
+		case got.BlobKey == a.BlobKey:
+			own = append(own, a.ID)
+		}
+	}
+	if len(own) == 0 {
+		return nil
+	}
+	return in.store.Delete(ctx, own...)
+}
+
+// recover decides the pending entry of a request that died: done (its
+// assets all exist; the entry is marked done) or not (any of them were
+// deleted and the entry released, so the key is free).
+func (in *Intake) recover(ctx context.Context, e *idempotency.Entry, log *slog.Logger) (done bool, err error) {
+	var found []string
+	for _, id := range e.AssetIDs {
+		_, err := in.store.Get(ctx, id)
+		switch {
+		case errors.Is(err, asset.ErrNotFound):
+		case err != nil:
+			return false, err
+		default:
+			found = append(found, id)
+		}
+	}
+	if len(found) > 0 && len(found) == len(e.AssetIDs) {
+		if err := in.keys.Complete(ctx, e.UserID, e.Key, e.Token); err != nil {
+			return false, err
+		}
+		log.InfoContext(ctx, "an interrupted keyed upload had stored its assets; its response is replayed", "assetIds", found)
+		return true, nil
+	}
+	if len(found) > 0 {
+		if err := in.store.Delete(ctx, found...); err != nil {
+			return false, err
+		}
+	}
+	log.InfoContext(ctx, "an interrupted keyed upload left no complete upload; the key is free", "removedAssetIds", found)
+	return false, in.keys.Release(ctx, e.UserID, e.Key, e.Token)
 }
 
 // Resubmit moves a failed asset back to processing under newJobID, then

@@ -22,11 +22,20 @@ type memStore struct {
 	mu        sync.Mutex
 	byID      map[string]*asset.Asset
 	deleteErr error
+	onCreate  func(ctx context.Context) error // when set, Create calls it first
 }
 
 func newMemStore() *memStore { return &memStore{byID: map[string]*asset.Asset{}} }
 
-func (s *memStore) Create(_ context.Context, as ...*asset.Asset) error {
+func (s *memStore) Create(ctx context.Context, as ...*asset.Asset) error {
+	s.mu.Lock()
+	hook := s.onCreate
+	s.mu.Unlock()
+	if hook != nil {
+		if err := hook(ctx); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, a := range as {
@@ -176,7 +185,7 @@ func testAsset() *asset.Asset {
 }
 
 func newIntake(s *memStore, q *memQueue, logs *bytes.Buffer) *splitintake.Intake {
-	return splitintake.New(s, q, func() string { return ulid.Make().String() }, slog.New(slog.NewTextHandler(logs, nil)))
+	return splitintake.New(s, q, nil, func() string { return ulid.Make().String() }, slog.New(slog.NewTextHandler(logs, nil)))
 }
 
 func TestSubmitWritesAssetsThenJobs(t *testing.T) {

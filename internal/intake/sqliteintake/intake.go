@@ -21,6 +21,8 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/asset/sqlitestore"
+	"github.com/klectr/klectr/internal/idempotency"
+	"github.com/klectr/klectr/internal/idempotency/sqlitekeys"
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/queue/riverqueue"
 	"github.com/klectr/klectr/internal/sqlitedb"
@@ -32,6 +34,7 @@ type Intake struct {
 	db    *sqlitedb.DB
 	store *sqlitestore.Store
 	queue *riverqueue.Queue
+	keys  *sqlitekeys.Keys
 	now   func() time.Time
 	newID func() string
 
@@ -53,10 +56,10 @@ const maxGroup = 64
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("sqliteintake: closed")
 
-// New starts the group committer. store and q must be on db; newID makes
-// event ids (deleting a job fails its asset, which owes its event).
-func New(db *sqlitedb.DB, store *sqlitestore.Store, q *riverqueue.Queue, newID func() string) *Intake {
-	in := &Intake{db: db, store: store, queue: q, now: time.Now, newID: newID,
+// New starts the group committer. store, q and keys must be on db; newID
+// makes event ids (deleting a job fails its asset, which owes its event).
+func New(db *sqlitedb.DB, store *sqlitestore.Store, q *riverqueue.Queue, keys *sqlitekeys.Keys, newID func() string) *Intake {
+	in := &Intake{db: db, store: store, queue: q, keys: keys, now: time.Now, newID: newID,
 		reqs: make(chan *commitReq), quit: make(chan struct{}), done: make(chan struct{})}
 	go in.committer()
 	return in
@@ -85,6 +88,44 @@ func (in *Intake) Submit(ctx context.Context, assets []*asset.Asset) error {
 			return err
 		}
 		return in.queue.EnqueueTx(ctx, tx, jobs...)
+	})
+}
+
+var _ idempotency.Submitter = (*Intake)(nil)
+
+// SubmitOnce is Submit under an idempotency key (idempotency.Submitter):
+// the key's record is written in the transaction of the assets and jobs,
+// and held in memory while the request runs.
+func (in *Intake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idempotency.Claim) (*idempotency.Record, error) {
+	release, err := in.keys.Hold(c)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	// Held, so no other request of this process can write the key until
+	// the transaction below has committed or failed.
+	r, err := in.keys.Get(ctx, c.UserID, c.Key, c.At)
+	if err != nil {
+		return nil, err
+	}
+	if r != nil {
+		if err := idempotency.Check(r, c); err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
+	jobs, err := wire.NewJobs(assets, in.now())
+	if err != nil {
+		return nil, err
+	}
+	return nil, in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if err := in.store.CreateTx(ctx, tx, assets...); err != nil {
+			return err
+		}
+		if err := in.queue.EnqueueTx(ctx, tx, jobs...); err != nil {
+			return err
+		}
+		return in.keys.PutTx(ctx, tx, c)
 	})
 }
 

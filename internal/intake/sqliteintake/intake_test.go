@@ -12,6 +12,9 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/asset/sqlitestore"
+	"github.com/klectr/klectr/internal/idempotency"
+	"github.com/klectr/klectr/internal/idempotency/idempotencytest"
+	"github.com/klectr/klectr/internal/idempotency/sqlitekeys"
 	"github.com/klectr/klectr/internal/intake/sqliteintake"
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/queue/riverqueue"
@@ -20,6 +23,7 @@ import (
 )
 
 type env struct {
+	keys   *sqlitekeys.Keys
 	db     *sqlitedb.DB
 	store  *sqlitestore.Store
 	queue  *riverqueue.Queue
@@ -44,9 +48,13 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := sqliteintake.New(db, store, q, func() string { return ulid.Make().String() })
+	keys, err := sqlitekeys.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := sqliteintake.New(db, store, q, keys, func() string { return ulid.Make().String() })
 	t.Cleanup(in.Close)
-	return &env{db: db, store: store, queue: q, intake: in}
+	return &env{keys: keys, db: db, store: store, queue: q, intake: in}
 }
 
 func testAsset(id string) *asset.Asset {
@@ -224,5 +232,118 @@ func TestDeleteJobFailsItsProcessingAsset(t *testing.T) {
 	}
 	if err := e.intake.DeleteJob(ctx, done.ProcessingJobID); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+// The embedded shape's keyed intake passes the conformance suite on a real
+// SQLite file.
+func TestSubmitOnce(t *testing.T) {
+	t.Parallel()
+	idempotencytest.TestSubmitter(t, func(t *testing.T) idempotencytest.Env {
+		e := newEnv(t)
+		return idempotencytest.Env{Submitter: e.intake, Assets: func(ctx context.Context, user string) (int, error) {
+			p, err := e.store.List(ctx, user, asset.ListQuery{Limit: 100})
+			return len(p.Assets), err
+		}}
+	})
+}
+
+// The key's record commits with the assets and jobs or not at all: a
+// submission whose transaction fails (here: a job id the queue has) leaves
+// neither assets nor a record, and the record of one that commits is in the
+// file, not only in memory (a new Keys on the file sees it).
+func TestSubmitOnceRecordIsInTheAssetsTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	first := []*asset.Asset{testAsset(ulid.Make().String())}
+	if err := e.intake.Submit(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	c := idempotency.Claim{UserID: "u1", Key: "k", Fingerprint: "f", Response: []byte(`{}`), At: at}
+	bad := testAsset(ulid.Make().String())
+	bad.ProcessingJobID = first[0].ProcessingJobID
+	if _, err := e.intake.SubmitOnce(ctx, []*asset.Asset{bad}, c); err == nil {
+		t.Fatal("a submission whose job id is taken succeeded")
+	}
+	if r, err := e.keys.Get(ctx, "u1", "k", at); err != nil || r != nil {
+		t.Fatalf("record after a failed submission: %+v, %v", r, err)
+	}
+	if _, err := e.store.Get(ctx, bad.ID); !errors.Is(err, asset.ErrNotFound) {
+		t.Fatalf("asset of a failed submission: %v", err)
+	}
+	good := testAsset(ulid.Make().String())
+	if r, err := e.intake.SubmitOnce(ctx, []*asset.Asset{good}, c); err != nil || r != nil {
+		t.Fatalf("retry: %v %v", r, err)
+	}
+	reopened, err := sqlitekeys.New(ctx, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := reopened.Get(ctx, "u1", "k", at)
+	if err != nil || r == nil || r.Fingerprint != "f" || !r.ExpiresAt.Equal(c.ExpiresAt().Truncate(time.Millisecond)) {
+		t.Fatalf("record on the file: %+v, %v", r, err)
+	}
+	if n, err := reopened.Expire(ctx, c.ExpiresAt()); err != nil || n != 1 {
+		t.Fatalf("Expire at ExpiresAt: %d, %v", n, err)
+	}
+	if r, err := reopened.Get(ctx, "u1", "k", at); err != nil || r != nil {
+		t.Fatalf("record after Expire: %+v, %v", r, err)
+	}
+}
+
+// While a keyed submission waits for its transaction, another request of
+// the key gets ErrInFlight (same body) or ErrReused (another body), and
+// then the first one's response.
+func TestSubmitOnceInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	// Holding the one write connection keeps the committer waiting.
+	tx, err := e.db.Write.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := idempotency.Claim{UserID: "u1", Key: "k", Fingerprint: "f", Response: []byte(`{"first":true}`), At: time.Now()}
+	first := make(chan error, 1)
+	go func() {
+		_, err := e.intake.SubmitOnce(ctx, []*asset.Asset{testAsset(ulid.Make().String())}, c)
+		first <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		release, err := e.keys.Hold(c)
+		if errors.Is(err, idempotency.ErrInFlight) {
+			break
+		}
+		if err == nil {
+			release() // the first request has not got there yet
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first request never held its key")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if _, err := e.intake.SubmitOnce(ctx, []*asset.Asset{testAsset(ulid.Make().String())}, c); !errors.Is(err, idempotency.ErrInFlight) {
+		t.Fatalf("same key and body in flight: %v, want ErrInFlight", err)
+	}
+	other := c
+	other.Fingerprint = "g"
+	if _, err := e.intake.SubmitOnce(ctx, []*asset.Asset{testAsset(ulid.Make().String())}, other); !errors.Is(err, idempotency.ErrReused) {
+		t.Fatalf("same key, other body in flight: %v, want ErrReused", err)
+	}
+	tx.Rollback()
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first request did not finish")
+	}
+	r, err := e.intake.SubmitOnce(ctx, []*asset.Asset{testAsset(ulid.Make().String())}, c)
+	if err != nil || r == nil || string(r.Response) != `{"first":true}` {
+		t.Fatalf("after the first: %+v, %v", r, err)
 	}
 }
