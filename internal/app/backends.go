@@ -14,6 +14,7 @@ import (
 	"github.com/klectr/klectr/internal/blob/s3blob"
 	"github.com/klectr/klectr/internal/config"
 	"github.com/klectr/klectr/internal/httpapi"
+	"github.com/klectr/klectr/internal/idempotency/sqlitekeys"
 	"github.com/klectr/klectr/internal/intake/sqliteintake"
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/queue/riverqueue"
@@ -34,7 +35,9 @@ type backends struct {
 	bus    realtime.Bus
 	blobs  blob.Store
 	intake intake
-	ready  []httpapi.Check
+	// expireKeys deletes the idempotency records expired before a time.
+	expireKeys func(ctx context.Context, before time.Time) (int64, error)
+	ready      []httpapi.Check
 	// closers release the backends, last opened first.
 	closers []func() error
 }
@@ -132,9 +135,14 @@ func (b *backends) openEmbedded(ctx context.Context, cfg *config.Config, log *sl
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	in := sqliteintake.New(db, st, rq, newIDs())
+	keys, err := sqlitekeys.New(ctx, db)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	in := sqliteintake.New(db, st, rq, keys, newIDs())
 	b.closers = append(b.closers, func() error { in.Close(); return nil })
 	b.store, b.queue, b.bus, b.intake = st, rq, realtime.NewLocalBus(), in
+	b.expireKeys = keys.Expire
 
 	store = throttled(all(spaceCheck(cfg.DataDir, minFree), db.WriteProbe), probeEvery)
 	q = func(ctx context.Context) error {

@@ -37,6 +37,9 @@ const (
 	// image_unreadable instead of hanging.
 	blobSweepEvery = time.Hour
 	blobSweepAge   = time.Hour
+	// keyExpireEvery: idempotency records past their 24 h are deleted (an
+	// expired one is already ignored; this only frees the space).
+	keyExpireEvery = 10 * time.Minute
 )
 
 // newSweeps builds the worker's sweeps. single: this process is the only
@@ -89,5 +92,15 @@ func newSweeps(h *pipeline.Handler, b *backends, single bool, started time.Time,
 			log.Info("deleted orphan blobs and unfinished uploads", "deleted", n, "olderThan", cutoff)
 		}
 	})
-	return []*loop{relay, dead, reconcile, blobs}
+	loops := []*loop{relay, dead, reconcile, blobs}
+	if b.expireKeys != nil {
+		loops = append(loops, newLoop(reconnectGrace, keyExpireEvery, func(ctx context.Context) {
+			if n, err := b.expireKeys(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				log.Warn("idempotency key expiry failed", "err", err)
+			} else if n > 0 {
+				log.Info("expired idempotency keys deleted", "count", n)
+			}
+		}))
+	}
+	return loops
 }
