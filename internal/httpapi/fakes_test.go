@@ -10,6 +10,7 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/httpapi"
+	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
 
@@ -124,6 +125,7 @@ type fakeIntake struct {
 	submitErr   error
 	submitHook  func(ctx context.Context) error // runs inside Submit when set; its error is returned
 	submissions []submission
+	once        func(context.Context, []*asset.Asset, idempotency.Claim) (*idempotency.Record, error)
 	resubmits   []string // "assetID newJobID"
 	resubmitErr error
 	replayErr   error
@@ -152,6 +154,17 @@ func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset) error {
 	}
 	f.submissions = append(f.submissions, submission{cp})
 	return nil
+}
+
+// SubmitOnce runs once when set; otherwise it is Submit, recorded the same.
+func (f *fakeIntake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idempotency.Claim) (*idempotency.Record, error) {
+	f.mu.Lock()
+	once := f.once
+	f.mu.Unlock()
+	if once != nil {
+		return once(ctx, assets, c)
+	}
+	return nil, f.Submit(ctx, assets)
 }
 
 func (f *fakeIntake) Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error) {

@@ -16,6 +16,7 @@ import (
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
 
@@ -31,6 +32,9 @@ type Intake interface {
 	// and enqueues their jobs: when it returns nil, both are durable; on
 	// error, nothing was accepted.
 	Submit(ctx context.Context, assets []*asset.Asset) error
+	// SubmitOnce is Submit under an idempotency key; see
+	// idempotency.Submitter.
+	idempotency.Submitter
 	// Resubmit moves a failed asset back to processing under newJobID and
 	// enqueues that job together (asset.ErrConflict if it is not failed).
 	Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error)
