@@ -1,0 +1,59 @@
+package mongostore
+
+import (
+	"context"
+	"fmt"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// server is what the connected server offers beyond the basic commands.
+type server struct {
+	// ferretDB is FerretDB's version, "" on MongoDB. FerretDB speaks the
+	// wire protocol but tests a guarded update's filter and writes in two
+	// steps (concurrent updates can all win), has no transactions and no
+	// decimal128.
+	ferretDB string
+	// transactions: a replica set or a sharded cluster of MongoDB.
+	transactions bool
+}
+
+func probe(ctx context.Context, c *mongo.Client) (server, error) {
+	admin := c.Database("admin")
+	var hello struct {
+		SetName        string `bson:"setName"`
+		Msg            string `bson:"msg"`
+		SessionTimeout *int64 `bson:"logicalSessionTimeoutMinutes"`
+	}
+	if err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&hello); err != nil {
+		return server{}, fmt.Errorf("hello: %w", err)
+	}
+	var info struct {
+		FerretDB string `bson:"ferretdbVersion"`
+	}
+	if err := admin.RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err != nil {
+		return server{}, fmt.Errorf("buildInfo: %w", err)
+	}
+	return server{
+		ferretDB: info.FerretDB,
+		// FerretDB may report a replica set name, but refuses transactions.
+		transactions: info.FerretDB == "" && hello.SessionTimeout != nil &&
+			(hello.SetName != "" || hello.Msg == "isdbgrid"),
+	}, nil
+}
+
+// indexes serve every query of the store; each query's comment names its
+// index. Keys follow equality, sort, range. None is partial or TTL.
+var indexes = []mongo.IndexModel{
+	index("userId_createdAt_id", bson.D{{Key: "userId", Value: 1}, {Key: "createdAt", Value: -1}, {Key: "_id", Value: -1}}),
+	index("userId_status_createdAt_id", bson.D{{Key: "userId", Value: 1}, {Key: "status", Value: 1}, {Key: "createdAt", Value: -1}, {Key: "_id", Value: -1}}),
+	index("eventPending_processedAt_id", bson.D{{Key: "eventPending", Value: 1}, {Key: "processedAt", Value: 1}, {Key: "_id", Value: 1}}),
+	index("status_id_updatedAt", bson.D{{Key: "status", Value: 1}, {Key: "_id", Value: 1}, {Key: "updatedAt", Value: 1}}),
+	index("blobKey", bson.D{{Key: "blobKey", Value: 1}}),
+}
+
+func index(name string, keys bson.D) mongo.IndexModel {
+	return mongo.IndexModel{Keys: keys, Options: options.Index().SetName(name)}
+}
