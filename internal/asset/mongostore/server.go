@@ -3,6 +3,7 @@ package mongostore
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -44,16 +45,36 @@ func probe(ctx context.Context, c *mongo.Client) (server, error) {
 	}, nil
 }
 
-// indexes serve every query of the store; each query's comment names its
-// index. Keys follow equality, sort, range. None is partial or TTL.
-var indexes = []mongo.IndexModel{
-	index("userId_createdAt_id", bson.D{{Key: "userId", Value: 1}, {Key: "createdAt", Value: -1}, {Key: "_id", Value: -1}}),
-	index("userId_status_createdAt_id", bson.D{{Key: "userId", Value: 1}, {Key: "status", Value: 1}, {Key: "createdAt", Value: -1}, {Key: "_id", Value: -1}}),
-	index("eventPending_processedAt_id", bson.D{{Key: "eventPending", Value: 1}, {Key: "processedAt", Value: 1}, {Key: "_id", Value: 1}}),
-	index("status_id_updatedAt", bson.D{{Key: "status", Value: 1}, {Key: "_id", Value: 1}, {Key: "updatedAt", Value: 1}}),
-	index("blobKey", bson.D{{Key: "blobKey", Value: 1}}),
+// indexes serve every query of the store, by name; each query's comment
+// names its index. Keys follow equality, sort, range. None is partial or TTL.
+var indexes = []struct {
+	name string
+	keys bson.D
+}{
+	{"userId_createdAt_id", bson.D{{Key: "userId", Value: 1}, {Key: "createdAt", Value: -1}, {Key: "_id", Value: -1}}},
+	{"userId_status_createdAt_id", bson.D{{Key: "userId", Value: 1}, {Key: "status", Value: 1}, {Key: "createdAt", Value: -1}, {Key: "_id", Value: -1}}},
+	{"eventPending_processedAt_id", bson.D{{Key: "eventPending", Value: 1}, {Key: "processedAt", Value: 1}, {Key: "_id", Value: 1}}},
+	{"status_id_updatedAt", bson.D{{Key: "status", Value: 1}, {Key: "_id", Value: 1}, {Key: "updatedAt", Value: 1}}},
+	{"blobKey", bson.D{{Key: "blobKey", Value: 1}}},
 }
 
-func index(name string, keys bson.D) mongo.IndexModel {
-	return mongo.IndexModel{Keys: keys, Options: options.Index().SetName(name)}
+// createIndexes creates the indexes the collection does not have by name.
+// It asks only for missing ones: FerretDB drops the connection when asked
+// to create an index that exists.
+func createIndexes(ctx context.Context, coll *mongo.Collection) error {
+	existing, err := coll.Indexes().ListSpecifications(ctx)
+	if err != nil {
+		return err
+	}
+	var models []mongo.IndexModel
+	for _, ix := range indexes {
+		if !slices.ContainsFunc(existing, func(e mongo.IndexSpecification) bool { return e.Name == ix.name }) {
+			models = append(models, mongo.IndexModel{Keys: ix.keys, Options: options.Index().SetName(ix.name)})
+		}
+	}
+	if len(models) == 0 {
+		return nil
+	}
+	_, err = coll.Indexes().CreateMany(ctx, models)
+	return err
 }

@@ -93,7 +93,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return fail(err)
 	}
 	s := &Store{client: client, coll: client.Database(db).Collection(collection), server: srv, log: log}
-	if _, err := s.coll.Indexes().CreateMany(ctx, indexes); err != nil {
+	if err := createIndexes(ctx, s.coll); err != nil {
 		return fail(fmt.Errorf("create indexes on %s.%s: %w", db, collection, err))
 	}
 	log.Info("mongostore: connected", "hosts", hosts, "database", db, "collection", collection,
