@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,4 +274,81 @@ func TestNewFailsFast(t *testing.T) {
 	if _, err := New(ctx, Config{URI: "http://example.com"}); err == nil {
 		t.Error("New with a non-MongoDB URI succeeded")
 	}
+}
+
+// The benchmarks run against the test server; on FerretDB every read is a
+// sequential scan, so their figures depend on the collection's size
+// (benchPreload assets).
+const benchPreload = 1000
+
+func benchStore(b *testing.B) (*Store, []*asset.Asset) {
+	s := newStore(b)
+	as := make([]*asset.Asset, benchPreload)
+	for i := range as {
+		as[i] = testAsset(fmt.Sprintf("pre-%06d", i))
+	}
+	if err := s.Create(context.Background(), as...); err != nil {
+		b.Fatal(err)
+	}
+	return s, as
+}
+
+func BenchmarkCreate(b *testing.B) {
+	ctx := context.Background()
+	s, _ := benchStore(b)
+	i := 0
+	for b.Loop() {
+		if err := s.Create(ctx, testAsset(fmt.Sprintf("bench-%09d", i))); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+func BenchmarkGet(b *testing.B) {
+	ctx := context.Background()
+	s, as := benchStore(b)
+	i := 0
+	for b.Loop() {
+		if _, err := s.Get(ctx, as[i%len(as)].ID); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+func BenchmarkFinish(b *testing.B) {
+	ctx := context.Background()
+	s, as := benchStore(b)
+	out := asset.Outcome{Status: asset.StatusDraft, AIMetadata: json.RawMessage(`{"provider":"builtin","verdict":"ok","colors":["#102030"]}`),
+		Attempts: 1, ProcessedAt: as[0].CreatedAt, EventID: "evt"}
+	i := 0
+	for b.Loop() {
+		if i == len(as) {
+			b.Fatalf("more than %d Finish calls", len(as))
+		}
+		if _, err := s.Finish(ctx, as[i].ID, as[i].ProcessingJobID, out); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchmarkFinishParallel: Finish from 16 goroutines, as many workers do.
+func BenchmarkFinishParallel(b *testing.B) {
+	ctx := context.Background()
+	s, as := benchStore(b)
+	out := asset.Outcome{Status: asset.StatusDraft, Attempts: 1, ProcessedAt: as[0].CreatedAt, EventID: "evt"}
+	var next atomic.Int64
+	b.SetParallelism(8) // × GOMAXPROCS 2
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := int(next.Add(1)-1) % len(as)
+			_, err := s.Finish(ctx, as[i].ID, as[i].ProcessingJobID, out)
+			if err != nil && !errors.Is(err, asset.ErrConflict) {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
