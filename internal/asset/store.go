@@ -27,6 +27,13 @@ import (
 //     EventSent clears the mark only if eventID is still the owed one.
 //   - Delete removes assets by id (missing ids are ignored); it exists so
 //     that a backend pair without a shared transaction can undo a Create.
+//   - Processing returns up to limit assets that are processing, were last
+//     updated before updatedBefore and have an id greater than afterID, in
+//     id order (ids are ULIDs: oldest first). The reconciler pages through
+//     it to find assets whose job the queue no longer knows.
+//   - BlobsInUse reports which of keys some asset references; the orphan
+//     sweep deletes the other blobs. Keys no asset references are absent
+//     from the map.
 type Store interface {
 	Create(ctx context.Context, assets ...*Asset) error
 	Get(ctx context.Context, id string) (*Asset, error)
@@ -37,5 +44,7 @@ type Store interface {
 	PendingEvents(ctx context.Context, limit int) ([]*Asset, error)
 	EventSent(ctx context.Context, id, eventID string) error
 	Delete(ctx context.Context, ids ...string) error
+	Processing(ctx context.Context, updatedBefore time.Time, afterID string, limit int) ([]*Asset, error)
+	BlobsInUse(ctx context.Context, keys []string) (map[string]bool, error)
 	Ping(ctx context.Context) error
 }

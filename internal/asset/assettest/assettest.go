@@ -66,6 +66,8 @@ func TestStoreWith(t *testing.T, newStore func(t *testing.T) (asset.Store, Capab
 		{"PendingEvents/EventSentMatchesID", testEventSent},
 		{"PendingEvents/AcrossReprocess", testEventSentAcrossReprocess},
 		{"Delete", testDelete},
+		{"Processing/Pages", testProcessingPages},
+		{"BlobsInUse", testBlobsInUse},
 		{"Ping", testPing},
 	}
 	for _, tt := range tests {

@@ -410,3 +410,47 @@ func queryAssets(ctx context.Context, q querier, query string, args ...any) ([]*
 }
 
 func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+// Processing returns up to limit processing assets last updated before
+// updatedBefore with an id after afterID, in id order.
+func (s *Store) Processing(ctx context.Context, updatedBefore time.Time, afterID string, limit int) ([]*asset.Asset, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("sqlitestore: processing: limit %d is not positive", limit)
+	}
+	as, err := queryAssets(ctx, s.db.Read, `SELECT `+columns+` FROM assets
+		WHERE status = 'processing' AND id > ? AND updated_at < ? ORDER BY id LIMIT ?`,
+		afterID, updatedBefore.UnixMilli(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: processing: %w", err)
+	}
+	return as, nil
+}
+
+// BlobsInUse reports which of keys an asset references.
+func (s *Store) BlobsInUse(ctx context.Context, keys []string) (map[string]bool, error) {
+	used := make(map[string]bool)
+	if len(keys) == 0 {
+		return used, nil
+	}
+	list, err := json.Marshal(keys)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: blobs in use: %w", err)
+	}
+	rows, err := s.db.Read.QueryContext(ctx, `SELECT DISTINCT blob_key FROM assets
+		WHERE blob_key IN (SELECT value FROM json_each(?))`, string(list))
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: blobs in use: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, fmt.Errorf("sqlitestore: blobs in use: %w", err)
+		}
+		used[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: blobs in use: %w", err)
+	}
+	return used, nil
+}
