@@ -20,7 +20,9 @@
 // of concurrent Finish calls for one job exactly one wins. FerretDB (which
 // New detects and warns about) evaluates the filter and writes in two
 // steps, so racing calls may each win; a job then runs its final update
-// twice and its event may repeat.
+// twice and its event may repeat. FerretDB also has no decimal128, so there
+// an integer beyond int64 in AI metadata is refused rather than rounded,
+// and it reads a stored -0.0 back as 0.0.
 //
 // Create writes an upload's assets all or none:
 //   - on a replica set or sharded cluster, in one transaction. A crash

@@ -318,7 +318,7 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 	if err != nil {
 		return nil, fmt.Errorf("mongostore: finish %s: %w", id, err)
 	}
-	a, err := s.findOneAndUpdate(ctx, guard(id, jobID), bson.D{
+	a, err := s.findOneAndUpdate(ctx, id, guard(id, jobID), bson.D{
 		{Key: "status", Value: out.Status},
 		{Key: "aiMetadata", Value: meta},
 		{Key: "error", Value: toErrorDoc(out.Error)},
@@ -342,7 +342,7 @@ func (s *Store) Reprocess(ctx context.Context, id, newJobID string, now time.Tim
 	if newJobID == "" {
 		return nil, fmt.Errorf("mongostore: reprocess %s: empty job id", id)
 	}
-	a, err := s.findOneAndUpdate(ctx,
+	a, err := s.findOneAndUpdate(ctx, id,
 		bson.D{{Key: "_id", Value: id}, {Key: "status", Value: asset.StatusFailed}},
 		bson.D{
 			{Key: "status", Value: asset.StatusProcessing},
@@ -361,14 +361,15 @@ func (s *Store) Reprocess(ctx context.Context, id, newJobID string, now time.Tim
 	return a, nil
 }
 
-// findOneAndUpdate sets fields on the document filter matches and returns
-// it as updated; when none matches, asset.ErrNotFound or asset.ErrConflict.
-func (s *Store) findOneAndUpdate(ctx context.Context, filter, set bson.D) (*asset.Asset, error) {
+// findOneAndUpdate sets fields on asset id if filter matches it, and
+// returns it as updated; when filter matches nothing, asset.ErrNotFound or
+// asset.ErrConflict.
+func (s *Store) findOneAndUpdate(ctx context.Context, id string, filter, set bson.D) (*asset.Asset, error) {
 	var d document
 	err := s.coll.FindOneAndUpdate(ctx, filter, bson.D{{Key: "$set", Value: set}},
 		options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&d)
 	if errors.Is(err, mongo.ErrNoDocuments) {
-		return nil, s.missingOrConflict(ctx, filter[0].Value.(string))
+		return nil, s.missingOrConflict(ctx, id)
 	}
 	if err != nil {
 		return nil, err
