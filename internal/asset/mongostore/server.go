@@ -21,28 +21,38 @@ type server struct {
 	transactions bool
 }
 
-func probe(ctx context.Context, c *mongo.Client) (server, error) {
-	admin := c.Database("admin")
-	var hello struct {
+// hello and buildInfo are the parts of those commands' replies that
+// tell what the server offers.
+type (
+	hello struct {
 		SetName        string `bson:"setName"`
-		Msg            string `bson:"msg"`
+		Msg            string `bson:"msg"` // "isdbgrid" from mongos
 		SessionTimeout *int64 `bson:"logicalSessionTimeoutMinutes"`
 	}
-	if err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&hello); err != nil {
-		return server{}, fmt.Errorf("hello: %w", err)
-	}
-	var info struct {
+	buildInfo struct {
 		FerretDB string `bson:"ferretdbVersion"`
 	}
-	if err := admin.RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err != nil {
+)
+
+func probe(ctx context.Context, c *mongo.Client) (server, error) {
+	admin := c.Database("admin")
+	var h hello
+	if err := admin.RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&h); err != nil {
+		return server{}, fmt.Errorf("hello: %w", err)
+	}
+	var b buildInfo
+	if err := admin.RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&b); err != nil {
 		return server{}, fmt.Errorf("buildInfo: %w", err)
 	}
+	return detect(h, b), nil
+}
+
+func detect(h hello, b buildInfo) server {
 	return server{
-		ferretDB: info.FerretDB,
+		ferretDB: b.FerretDB,
 		// FerretDB may report a replica set name, but refuses transactions.
-		transactions: info.FerretDB == "" && hello.SessionTimeout != nil &&
-			(hello.SetName != "" || hello.Msg == "isdbgrid"),
-	}, nil
+		transactions: b.FerretDB == "" && h.SessionTimeout != nil && (h.SetName != "" || h.Msg == "isdbgrid"),
+	}
 }
 
 // indexes serve every query of the store, by name; each query's comment
