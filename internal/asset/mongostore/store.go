@@ -1,6 +1,7 @@
 package mongostore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -65,8 +66,8 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("mongostore: MongoDB URI: %w", err)
 	}
 	hosts := strings.Join(cs.Hosts, ",")
-	db := cmpOr(cfg.Database, cs.Database, DefaultDatabase)
-	collection := cmpOr(cfg.Collection, DefaultCollection)
+	db := cmp.Or(cfg.Database, cs.Database, DefaultDatabase)
+	collection := cmp.Or(cfg.Collection, DefaultCollection)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -82,7 +83,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("mongostore: MongoDB at %s: %w", hosts, err)
 	}
 	fail := func(err error) (*Store, error) {
-		client.Disconnect(context.WithoutCancel(ctx))
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		client.Disconnect(dctx)
 		return nil, fmt.Errorf("mongostore: MongoDB at %s: %w", hosts, err)
 	}
 	if err := client.Ping(ctx, readpref.Primary()); err != nil {
@@ -105,15 +108,6 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 			"metadata are refused; use MongoDB in production")
 	}
 	return s, nil
-}
-
-func cmpOr(vals ...string) string {
-	for _, v := range vals {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // Close disconnects from the server.
@@ -180,9 +174,9 @@ func (s *Store) createInTransaction(ctx context.Context, docs []any) error {
 	return err
 }
 
-// undoTimeout bounds the delete that undoes a failed insert, which runs even
-// when the caller's ctx is done.
-const undoTimeout = 10 * time.Second
+// cleanupTimeout bounds clean-up that runs even when the caller's ctx is
+// done: the delete undoing a failed insert, the disconnect of a failed New.
+const cleanupTimeout = 10 * time.Second
 
 // createOrUndo inserts docs in order; the server stops at the first
 // failure. It then deletes what was inserted: the documents before the
@@ -208,7 +202,7 @@ func (s *Store) createOrUndo(ctx context.Context, assets []*asset.Asset, docs []
 		mine[i] = bson.D{{Key: "_id", Value: a.ID}, {Key: "processingJobId", Value: a.ProcessingJobID}}
 		ids[i] = a.ID
 	}
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	if _, derr := s.coll.DeleteMany(uctx, bson.D{{Key: "$or", Value: mine}}); derr != nil {
 		s.log.Error("mongostore: a failed create left assets behind; the reconciler will process them",
