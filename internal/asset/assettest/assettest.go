@@ -1,6 +1,8 @@
 // Package assettest is the conformance suite of asset.Store. Every backend
-// runs TestStore unchanged, so the SQLite store of the embedded mode and the
-// MongoDB store of the scaled-out mode keep one contract (DESIGN §6.4).
+// runs the same cases, so the SQLite store of the embedded mode and the
+// MongoDB store of the scaled-out mode keep one contract (DESIGN §6.4). A
+// store on a server that lacks a guarantee (Capabilities) skips the case
+// that checks it, on that server only, saying why.
 package assettest
 
 import (
