@@ -193,23 +193,33 @@ func (s *Store) createOrUndo(ctx context.Context, assets []*asset.Asset, docs []
 	if errors.As(err, &bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0 {
 		inserted = assets[:bwe.WriteErrors[0].Index]
 	}
-	if len(inserted) == 0 {
-		return err
+	if derr := s.undo(ctx, inserted); derr != nil {
+		return errors.Join(err, derr)
 	}
-	mine := make(bson.A, len(inserted))
-	ids := make([]string, len(inserted))
-	for i, a := range inserted {
+	return err
+}
+
+// undo deletes those of assets that are stored under their own job id, so
+// that an asset another call stored under the same id stays. It runs even
+// when ctx is done.
+func (s *Store) undo(ctx context.Context, assets []*asset.Asset) error {
+	if len(assets) == 0 {
+		return nil
+	}
+	mine := make(bson.A, len(assets))
+	ids := make([]string, len(assets))
+	for i, a := range assets {
 		mine[i] = bson.D{{Key: "_id", Value: a.ID}, {Key: "processingJobId", Value: a.ProcessingJobID}}
 		ids[i] = a.ID
 	}
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	if _, derr := s.coll.DeleteMany(uctx, bson.D{{Key: "$or", Value: mine}}); derr != nil {
+	if _, err := s.coll.DeleteMany(ctx, bson.D{{Key: "$or", Value: mine}}); err != nil {
 		s.log.Error("mongostore: a failed create left assets behind; the reconciler will process them",
-			"assetIds", ids, "err", derr)
-		return errors.Join(err, fmt.Errorf("undo: %w", derr))
+			"assetIds", ids, "err", err)
+		return fmt.Errorf("undo: %w", err)
 	}
-	return err
+	return nil
 }
 
 // Get returns the asset with that id, or asset.ErrNotFound.

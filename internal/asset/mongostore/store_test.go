@@ -352,3 +352,28 @@ func BenchmarkFinishParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestUndoKeepsOtherCalls: when a failed insert leaves the store unsure of
+// what it wrote, Create deletes the batch by id and job id, so an asset
+// another call stored under one of the ids stays.
+func TestUndoKeepsOtherCalls(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := newStore(t)
+	mine, theirs := testAsset("undo-1"), testAsset("undo-2")
+	if err := s.Create(ctx, mine, theirs); err != nil {
+		t.Fatal(err)
+	}
+	sameID := testAsset("undo-2")
+	sameID.ProcessingJobID = "job-of-this-call"
+	cancel() // the undo runs even when the caller has gone
+	if err := s.undo(ctx, []*asset.Asset{mine, sameID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(context.Background(), mine.ID); !errors.Is(err, asset.ErrNotFound) {
+		t.Errorf("Get(%s) after undo = %v, want asset.ErrNotFound", mine.ID, err)
+	}
+	if _, err := s.Get(context.Background(), theirs.ID); err != nil {
+		t.Errorf("Get(%s), stored by another call, after undo: %v", theirs.ID, err)
+	}
+}
