@@ -138,3 +138,18 @@ func TestScaleOutWorkerWarnsAboutAnUnsafeRedis(t *testing.T) {
 		}
 	}
 }
+
+// Pub/sub channels are per server, keys per database: the channel follows
+// the database.
+func TestEventChannelFollowsTheDatabase(t *testing.T) {
+	t.Parallel()
+	for url, want := range map[string]string{
+		"redis://127.0.0.1:6379":            "klectr:0:events",
+		"redis://:secret@127.0.0.1:6379/7":  "klectr:7:events",
+		"rediss://user:pw@redis.example/12": "klectr:12:events",
+	} {
+		if got := eventChannel(url); got != want {
+			t.Errorf("eventChannel(%q) = %q, want %q", url, got, want)
+		}
+	}
+}
