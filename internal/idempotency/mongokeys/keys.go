@@ -16,6 +16,7 @@
 package mongokeys
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
 
 	"github.com/klectr/klectr/internal/idempotency"
 )
@@ -38,8 +40,9 @@ const maxRetries = 16
 
 // Keys is the idempotency_keys collection of a database.
 type Keys struct {
-	c   *mongo.Collection
-	ttl bool
+	c      *mongo.Collection
+	ttl    bool
+	client *mongo.Client // set by Open
 }
 
 type doc struct {
@@ -163,4 +166,34 @@ func (k *Keys) Expire(ctx context.Context, before time.Time) (int64, error) {
 		return 0, fmt.Errorf("mongokeys: expire: %w", err)
 	}
 	return res.DeletedCount, nil
+}
+
+// Open connects to the MongoDB of uri, in the database the uri names (or
+// defaultDB), and returns its keys; Close disconnects.
+func Open(ctx context.Context, uri, defaultDB string) (*Keys, error) {
+	cs, err := connstring.ParseAndValidate(uri)
+	if err != nil {
+		return nil, fmt.Errorf("mongokeys: MongoDB URI: %w", err)
+	}
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		return nil, fmt.Errorf("mongokeys: %w", err)
+	}
+	k, err := New(ctx, client.Database(cmp.Or(cs.Database, defaultDB)))
+	if err != nil {
+		client.Disconnect(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	k.client = client
+	return k, nil
+}
+
+// Close disconnects a Keys made by Open; on one made by New it does nothing.
+func (k *Keys) Close() error {
+	if k.client == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return k.client.Disconnect(ctx)
 }

@@ -100,3 +100,22 @@ func TestReserveReplacesAnExpiredEntryAndTokensGuard(t *testing.T) {
 		t.Fatalf("entry after Complete: %+v, %v", old, err)
 	}
 }
+
+// Open connects by URI, in the database the URI names or the default one.
+func TestOpen(t *testing.T) {
+	t.Parallel()
+	uri, name := testenv.MongoURI(t)
+	k, err := mongokeys.Open(context.Background(), uri, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	at := time.Now()
+	if old, err := k.Reserve(context.Background(), entry("u1", "k", "t", at), at); err != nil || old != nil {
+		t.Fatalf("reserve: %v %v", old, err)
+	}
+	n, err := database(t).Client().Database(name).Collection(mongokeys.Collection).CountDocuments(context.Background(), map[string]any{})
+	if err != nil || n != 1 {
+		t.Fatalf("%d documents in %s.%s, %v", n, name, mongokeys.Collection, err)
+	}
+}
