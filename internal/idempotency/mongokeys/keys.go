@@ -9,6 +9,12 @@
 // deletes it, each guarded by the reserving request's token. A unique index
 // on (userId, key) states the same rule for readers of the collection.
 //
+// An expired document is replaced by deleting it (guarded by its token)
+// and inserting again. On MongoDB the guarded delete is atomic; on FerretDB,
+// whose guarded writes are not (see the test servers' notes), two requests
+// replacing the same expired document at the same instant could, in a narrow
+// window, delete each other's fresh reservation and both proceed.
+//
 // Expiry: a TTL index on expiresAt where the server accepts one (MongoDB);
 // FerretDB refuses TTL indexes, so Expire, which the app runs periodically
 // in any case, deletes them there. A live key is never decided by TTL alone:

@@ -38,6 +38,9 @@
 //     primary) could still add a second copy; nothing bounds that but Lease.
 //   - after the writes, before done: the entry holds the response; after
 //     the lease a retry finds every asset and replays it.
+//
+// Leases are compared across api processes by their clocks (the request's
+// time plus Lease): those must agree to within seconds.
 package splitintake
 
 import (
