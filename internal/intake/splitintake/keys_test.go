@@ -14,6 +14,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/asset/mongostore"
 	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/idempotency/idempotencytest"
 	"github.com/klectr/klectr/internal/idempotency/mongokeys"
@@ -204,4 +205,28 @@ func TestSubmitOnceAfterACrash(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The same suite with the assets in mongostore on the same server: the
+// whole scale-out store side is real (the queue stays in memory).
+func TestSubmitOnceOnMongoStore(t *testing.T) {
+	t.Parallel()
+	idempotencytest.TestSubmitter(t, func(t *testing.T) idempotencytest.Env {
+		uri, name := testenv.MongoURI(t)
+		ms, err := mongostore.New(context.Background(), mongostore.Config{URI: uri, Database: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ms.Close(context.Background()) })
+		keys, err := mongokeys.Open(context.Background(), uri, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { keys.Close() })
+		in := splitintake.New(ms, newMemQueue(), keys, func() string { return ulid.Make().String() }, discard())
+		return idempotencytest.Env{Submitter: in, Assets: func(ctx context.Context, user string) (int, error) {
+			p, err := ms.List(ctx, user, asset.ListQuery{Limit: 100})
+			return len(p.Assets), err
+		}}
+	})
 }
