@@ -79,16 +79,6 @@ func (k *keyedEnv) assetsOf(t *testing.T, user string) []*asset.Asset {
 	return p.Assets
 }
 
-func (k *keyedEnv) keyedUpload(t *testing.T, token, key string, body []byte) reply {
-	t.Helper()
-	req := k.request(t, http.MethodPost, "/api/assets/analyze-queue", token, bytes.NewReader(body))
-	req.Header.Set("Content-Type", multipartType)
-	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
-	}
-	return k.do(t, req)
-}
-
 func oneFile(t *testing.T, rel, name string) []byte {
 	return multipartBody(t, false, filePart(name, fixture(t, rel)))
 }
