@@ -347,3 +347,75 @@ func TestSubmitOnceInFlight(t *testing.T) {
 		t.Fatalf("after the first: %+v, %v", r, err)
 	}
 }
+
+// The record is written with the assets, and a record that cannot be
+// written takes the assets down with it: two intakes on one file (each
+// with its own in-memory holds, so both get past them) race on one key, and
+// the loser leaves neither assets nor jobs.
+func TestSubmitOnceRecordAndAssetsFailTogether(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t)
+	keysB, err := sqlitekeys.New(ctx, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := sqliteintake.New(e.db, e.store, e.queue, keysB, func() string { return ulid.Make().String() })
+	t.Cleanup(b.Close)
+	tx, err := e.db.Write.BeginTx(ctx, nil) // both wait for the write connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := idempotency.Claim{UserID: "u1", Key: "k", Fingerprint: "f", Response: []byte(`{}`), At: time.Now()}
+	as := [][]*asset.Asset{{testAsset(ulid.Make().String())}, {testAsset(ulid.Make().String())}}
+	errs := make(chan error, 2)
+	for i, in := range []*sqliteintake.Intake{e.intake, b} {
+		go func() {
+			_, err := in.SubmitOnce(ctx, as[i], c)
+			errs <- err
+		}()
+	}
+	// Both hold the key (each in its own intake), then read "no record" —
+	// one indexed read on the read pool, which the held write connection
+	// does not block — and wait for the commit.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, k := range []*sqlitekeys.Keys{e.keys, keysB} {
+		for {
+			release, err := k.Hold(c)
+			if errors.Is(err, idempotency.ErrInFlight) {
+				break
+			}
+			if err == nil {
+				release()
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the submissions never held the key")
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	tx.Rollback()
+	var failed int
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				failed++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the submissions did not finish")
+		}
+	}
+	p, err := e.store.List(ctx, "u1", asset.ListQuery{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts, err := e.queue.Counts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failed != 1 || len(p.Assets) != 1 || counts[queue.Pending] != 1 {
+		t.Fatalf("%d failed, %d assets, %d jobs; want 1 each", failed, len(p.Assets), counts[queue.Pending])
+	}
+}
