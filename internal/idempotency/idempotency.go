@@ -14,6 +14,16 @@
 //   - A submission that fails keeps nothing under the key: the client may
 //     retry the key.
 //   - A key is live until its record's ExpiresAt; after it, the key is free.
+//
+// A key is claimed once the request's body has been read and its files
+// stored, not when the request starts: the fingerprint needs the whole body,
+// a phone's body may take minutes (a claim held that long would need a
+// renewed lease), and a request refused while its body is read never
+// touches its key. Two duplicates sent at once therefore both upload; the
+// one that claims second creates nothing and its files are deleted. A
+// duplicate that finds the key claimed gets ErrInFlight at once rather
+// than waiting for the first request's answer (the draft's 409; waiting
+// would tie up a connection for as long as the first request runs).
 package idempotency
 
 import (
