@@ -86,6 +86,10 @@ type Keys interface {
 // (409) before they may look at what it left (see the package doc).
 const Lease = time.Minute
 
+// maxRounds bounds how often one request takes over a dead reservation
+// and finds the key taken again.
+const maxRounds = 3
+
 // submitTimeout bounds a keyed submission's writes; it is well inside
 // Lease, so that they have ended before the reservation can be taken over.
 const submitTimeout = 20 * time.Second
@@ -147,14 +151,17 @@ func (in *Intake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idemp
 		Token: in.newID(), LeaseUntil: c.At.Add(Lease), AssetIDs: ids,
 	}
 	log := in.log.With("userId", c.UserID, "idempotencyKey", idempotency.LogID(c.UserID, c.Key))
-	for reserved := false; !reserved; {
+	for round := 0; ; round++ {
 		old, err := in.keys.Reserve(ctx, e, c.At)
-		switch {
-		case err != nil:
+		if err != nil {
 			return nil, err
-		case old == nil:
-			reserved = true
-			continue
+		}
+		if old == nil {
+			break
+		}
+		if round == maxRounds {
+			// Other requests keep taking the key over: let the client retry.
+			return nil, idempotency.ErrInFlight
 		}
 		if err := idempotency.Check(&old.Record, c); err != nil {
 			return nil, err
