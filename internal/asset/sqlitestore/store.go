@@ -67,20 +67,15 @@ func (s *Store) Create(ctx context.Context, assets ...*asset.Asset) error {
 // with whatever else tx holds, such as their queue jobs. It inserts all or
 // none: on error, tx is as it was before the call and still usable.
 // It uses only tx: a statement on Write while tx is open would deadlock.
-//
-// Up to insertRows assets take one INSERT statement, which SQLite applies
-// whole or not at all; more take a savepoint around several.
 func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, assets ...*asset.Asset) error {
-	if len(assets) <= insertRows {
-		return insert(ctx, tx, assets)
+	if len(assets) == 0 {
+		return nil
 	}
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT asset_create`); err != nil {
 		return fmt.Errorf("sqlitestore: create: %w", err)
 	}
-	for rest := assets; len(rest) > 0; {
-		chunk := rest[:min(len(rest), insertRows)]
-		rest = rest[len(chunk):]
-		if err := insert(ctx, tx, chunk); err != nil {
+	for _, a := range assets {
+		if err := insert(ctx, tx, a); err != nil {
 			// Undo this call's rows even if ctx is done, so that tx holds
 			// none of them whatever the caller does next.
 			uctx := context.WithoutCancel(ctx)
@@ -96,56 +91,28 @@ func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, assets ...*asset.Asset
 	return nil
 }
 
-// insertRows is the most rows one INSERT statement takes: the statements
-// for 1..insertRows rows are all the texts the connection keeps prepared.
-const insertRows = 16
-
-// insertSQL[n] inserts n rows.
-var insertSQL = func() (q [insertRows + 1]string) {
-	const row = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	for n := 1; n <= insertRows; n++ {
-		q[n] = `INSERT INTO assets (` + columns + `) VALUES ` + row + strings.Repeat(`, `+row, n-1)
+func insert(ctx context.Context, q querier, a *asset.Asset) error {
+	var errCode, errMsg *string
+	if a.Error != nil {
+		errCode, errMsg = &a.Error.Code, &a.Error.Message
 	}
-	return q
-}()
-
-// insert inserts up to insertRows assets in one statement.
-func insert(ctx context.Context, q querier, assets []*asset.Asset) error {
-	if len(assets) == 0 {
-		return nil
+	var processed *int64
+	if a.ProcessedAt != nil {
+		ms := a.ProcessedAt.UnixMilli()
+		processed = &ms
 	}
-	args := make([]any, 0, 20*len(assets))
-	for _, a := range assets {
-		var errCode, errMsg *string
-		if a.Error != nil {
-			errCode, errMsg = &a.Error.Code, &a.Error.Message
-		}
-		var processed *int64
-		if a.ProcessedAt != nil {
-			ms := a.ProcessedAt.UnixMilli()
-			processed = &ms
-		}
-		args = append(args,
-			a.ID, a.UserID, string(a.Status), a.ProcessingJobID, a.Filename, a.ContentType,
-			a.Size, a.SHA256, a.Width, a.Height, a.BlobKey, jsonText(a.AIMetadata), errCode, errMsg,
-			a.Attempts, a.CreatedAt.UnixMilli(), a.UpdatedAt.UnixMilli(), processed, a.EventID, a.EventPending)
-	}
-	_, err := q.ExecContext(ctx, insertSQL[len(assets)], args...)
+	_, err := q.ExecContext(ctx, `INSERT INTO assets (`+columns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.ID, a.UserID, string(a.Status), a.ProcessingJobID, a.Filename, a.ContentType,
+		a.Size, a.SHA256, a.Width, a.Height, a.BlobKey, jsonText(a.AIMetadata), errCode, errMsg,
+		a.Attempts, a.CreatedAt.UnixMilli(), a.UpdatedAt.UnixMilli(), processed, a.EventID, a.EventPending)
 	if isUniqueViolation(err) {
-		return fmt.Errorf("sqlitestore: create %s: %w", ids(assets), asset.ErrDuplicate)
+		return fmt.Errorf("sqlitestore: create %s: %w", a.ID, asset.ErrDuplicate)
 	}
 	if err != nil {
-		return fmt.Errorf("sqlitestore: create %s: %w", ids(assets), err)
+		return fmt.Errorf("sqlitestore: create %s: %w", a.ID, err)
 	}
 	return nil
-}
-
-// ids names assets in an error: the first id, and how many more.
-func ids(assets []*asset.Asset) string {
-	if len(assets) == 1 {
-		return assets[0].ID
-	}
-	return fmt.Sprintf("%s and %d more", assets[0].ID, len(assets)-1)
 }
 
 // Get returns the asset with that id, or asset.ErrNotFound.

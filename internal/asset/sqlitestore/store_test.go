@@ -156,52 +156,6 @@ func TestCreateTx(t *testing.T) {
 	})
 }
 
-// TestCreateTxManyAssets: more assets than one INSERT takes (insertRows)
-// still commit together, and a duplicate in a later chunk undoes the
-// earlier chunks of the same call but nothing before it.
-func TestCreateTxManyAssets(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	s, db := newStore(t)
-	batch := func(prefix string, n int) []*asset.Asset {
-		as := make([]*asset.Asset, n)
-		for i := range as {
-			as[i] = testAsset(fmt.Sprintf("%s-%d", prefix, i))
-		}
-		return as
-	}
-	tx, err := db.Write.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	kept := batch("k", 2*insertRows+3)
-	if err := s.CreateTx(ctx, tx, kept...); err != nil {
-		t.Fatal(err)
-	}
-	undone := batch("u", 2*insertRows+3)
-	undone[len(undone)-1] = testAsset(kept[0].ID)
-	if err := s.CreateTx(ctx, tx, undone...); !errors.Is(err, asset.ErrDuplicate) {
-		t.Fatalf("CreateTx with a duplicate in its last chunk = %v, want asset.ErrDuplicate", err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range kept {
-		assertPresent(t, s, a.ID)
-	}
-	for _, a := range undone[:len(undone)-1] {
-		assertMissing(t, s, a.ID)
-	}
-	got, err := s.Get(ctx, kept[len(kept)-1].ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := kept[len(kept)-1]; got.Filename != want.Filename || got.BlobKey != want.BlobKey || !got.CreatedAt.Equal(want.CreatedAt) {
-		t.Fatalf("last asset of the batch read back as %+v", got)
-	}
-}
-
 func TestReprocessTx(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
