@@ -36,7 +36,10 @@ type Intake interface {
 	// idempotency.Submitter.
 	idempotency.Submitter
 	// Resubmit moves a failed asset back to processing under newJobID and
-	// enqueues that job together (asset.ErrConflict if it is not failed).
+	// enqueues that job (asset.ErrConflict if it is not failed). When it
+	// returns the asset, the asset is processing and its job will run: with
+	// the job in the same transaction, or, where the store and the queue
+	// share none, enqueued later by the reconciler if the enqueue failed.
 	Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error)
 	// Replay runs a dead job again, moving its asset back to processing
 	// (queue.ErrNotFound, queue.ErrNotDead).
