@@ -14,6 +14,7 @@ import (
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/console"
 	"github.com/klectr/klectr/internal/queue"
 )
 
@@ -126,6 +127,7 @@ func (s *Server) routes() {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /console/", console.Handler())
 	if s.Metrics != nil {
 		s.mux.Handle("GET /metrics", s.Metrics)
 	}
