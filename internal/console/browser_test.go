@@ -54,10 +54,11 @@ func browserDir(t *testing.T) (dir, node, chromium string) {
 }
 
 // TestConsoleInChromium runs test/browser/console.mjs against a real
-// `klectr serve` whose AI service refuses the first image (400: the job dies
-// at once) and analyses every later one: a developer uploads a photo and sees
-// it reach draft live; an operator replays the dead job and sees the counts
-// change; a user token cannot open the operator views, and the API refuses it.
+// `klectr serve` whose AI service refuses the first two images (400: their
+// jobs die at once) and analyses every later one: a developer uploads a photo
+// and sees it reach draft live; an operator replays one dead job and sees the
+// counts change, then deletes the other; a user token cannot open the
+// operator views, and the API refuses it.
 func TestConsoleInChromium(t *testing.T) {
 	dir, node, chromium := browserDir(t)
 	bin := buildKlectr(t)
@@ -87,9 +88,11 @@ func TestConsoleInChromium(t *testing.T) {
 	user := token(t, bin, env, "alice")
 	admin := token(t, bin, env, "-role", "admin", "ops")
 
-	// One dead job, from another user, for the operator to replay.
-	upload(t, base, token(t, bin, env, "bob"), "../../testdata/images/valid/basn3p08.png")
-	waitFor(t, 30*time.Second, "a dead job", func() bool { return deadJobs(t, base, admin) == 1 })
+	// Two dead jobs, of another user, for the operator to replay and delete.
+	bob := token(t, bin, env, "bob")
+	upload(t, base, bob, "../../testdata/images/valid/basn3p08.png")
+	upload(t, base, bob, "../../testdata/images/valid/basn0g01.png")
+	waitFor(t, 30*time.Second, "two dead jobs", func() bool { return deadJobs(t, base, admin) == 2 })
 	refuse.Store(false)
 
 	shots := os.Getenv("KLECTR_SCREENSHOTS")

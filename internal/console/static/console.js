@@ -89,7 +89,10 @@
     if (view === "queues") renderQueues();
     // Move focus to the new view's heading, so keyboard and screen reader
     // users start there; not on the first load.
-    if (current !== null && current !== view) document.querySelector(`#view-${view} h2`).focus();
+    if (current !== null && current !== view) {
+      say("");
+      document.querySelector(`#view-${view} h2`).focus();
+    }
     current = view;
     document.title = `${document.querySelector(`#view-${view} h2`).textContent} · KLECTR console`;
   }
@@ -289,7 +292,7 @@
     });
     svg.replaceChildren(...lines);
     $("#chart-range").textContent = series.length
-      ? `${series.length} sample(s) from ${new Date(t0).toLocaleTimeString()} to ${new Date(t1).toLocaleTimeString()}; top of the chart: ${max} job(s).`
+      ? `${series.length} sample(s) from ${new Date(series[0].t).toLocaleTimeString()} to ${new Date(series[series.length - 1].t).toLocaleTimeString()}; top of the chart: ${max} job(s).`
       : "No sample yet.";
   }
 
