@@ -159,6 +159,7 @@ try {
       .map((tr) => [tr.querySelector("th").textContent, Number(tr.querySelector("td").textContent)]));
     return c.dead === 1 && c.completed === want;
   }, before.completed + 1, { timeout: T });
+  await shoot(ops, "queues-after-replay");
 
   // Delete every dead job left, after confirming.
   await ops.getByRole("link", { name: "Jobs" }).click();
