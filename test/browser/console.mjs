@@ -71,6 +71,7 @@ try {
   const dev = await newPage();
   await dev.goto(`${base}/console/`);
   await dev.getByRole("heading", { name: "Sign in" }).waitFor();
+  assert.ok(await dev.getByRole("navigation").isHidden(), "the views' links show before sign-in");
   await dev.getByLabel("Token", { exact: true }).fill("not-a-token");
   await dev.getByRole("button", { name: "Sign in" }).click();
   await dev.getByRole("alert").filter({ hasText: "not a token" }).waitFor();
@@ -91,6 +92,7 @@ try {
   assert.ok(await card.locator("img").evaluate((img) => img.src.startsWith("blob:") && img.naturalWidth === 280), "no thumbnail");
   assert.match(await dev.locator("#curl-ex").textContent(), /-F images=@.*\/api\/assets\/analyze-queue/s);
   assert.ok(!(await dev.locator("#curl-ex").textContent()).includes(USER_TOKEN), "the example shows the token");
+  assert.match(await dev.locator("#curl-ex").textContent(), /klectr token alice/);
   await shoot(dev, "developer");
 
   // A user cannot open the operator views, and the API refuses the token too.
@@ -169,6 +171,7 @@ try {
   await ops.locator("#status", { hasText: "Deleted 1 job(s)." }).waitFor();
   assert.match(dialogs[1], /Delete 1 dead job/);
   await ops.locator("#jobs-summary", { hasText: "0 of 0 dead" }).waitFor();
+  assert.ok(await ops.locator("#bulk").isHidden(), "bulk actions show without dead jobs");
   await ops.locator("#job-state", { hasText: "dead (0)" }).waitFor({ state: "attached" });
   assert.deepEqual(ops.problems, []);
   console.log("ok");

@@ -44,6 +44,7 @@
     $("#who").hidden = $("#nav").hidden = false;
     document.querySelectorAll("[data-admin]").forEach((a) => { a.hidden = !isAdmin(); });
     if (isAdmin()) startSampling();
+    fillExamples();
   }
 
   function signOut(why) {
@@ -187,14 +188,14 @@
 
   function fillExamples() {
     $("#curl-ex").textContent = [
-      "# TOKEN=$(klectr token alice)   # the token is never shown here",
+      `# TOKEN=$(klectr token ${claims.sub.replace(/[^\w.@-]/g, "_")})   # the token is never shown here`,
       "curl -H \"Authorization: Bearer $TOKEN\" \\",
       "     -F images=@photo.jpg -F images=@back.jpg \\",
       `     ${location.origin}/api/assets/analyze-queue`,
     ].join("\n");
     showEvent({
       eventId: "01JDQ7ZK4M8W6G3R2N5T9V0XYA", assetId: "01JDQ7Y8W2P3K4M5N6Q7R8S9TA", jobId: "01JDQ7Y8W2P3K4M5N6Q7R8S9TB",
-      userId: "alice", status: "completed", aiMetadata: { provider: "builtin", format: "jpeg", width: 4032, height: 3024 },
+      userId: claims.sub, status: "completed", aiMetadata: { provider: "builtin", format: "jpeg", width: 4032, height: 3024 },
       error: null, attempts: 1, processedAt: "2026-11-29T01:02:03.456Z",
     }, "(example; your next one replaces it)");
   }
@@ -414,7 +415,6 @@
   $("#signout").addEventListener("click", () => { signOut("Signed out."); });
   window.addEventListener("hashchange", route);
 
-  fillExamples();
   buildLegend();
   const saved = sessionStorage.getItem(KEY);
   if (saved) signIn(saved).then(route, () => signOut("Your saved session ended: sign in again."));
