@@ -111,11 +111,26 @@ try {
   });
   assert.deepEqual(refused, [403, 403]);
   await shoot(dev, "denied");
+
+  // Signing out forgets the token and everything the session showed.
+  await dev.getByRole("button", { name: "Sign out" }).click();
+  await dev.getByRole("heading", { name: "Sign in" }).waitFor();
+  await dev.locator("#status", { hasText: "Signed out." }).waitFor();
+  assert.equal(await dev.evaluate(() => sessionStorage.getItem("klectr.token")), null);
+  assert.equal(await dev.locator("#uploads li").count(), 0);
   assert.deepEqual(dev.problems, []);
 
   // --- an operator ----------------------------------------------------------
   const ops = await newPage();
-  await signIn(ops, ADMIN_TOKEN);
+  await ops.goto(`${base}/console/`);
+  await ops.getByRole("heading", { name: "Sign in" }).waitFor();
+  for (let i = 0; i < 5 && await ops.evaluate(() => document.activeElement.id) !== "token"; i++) await ops.keyboard.press("Tab");
+  assert.equal(await ops.evaluate(() => document.activeElement.id), "token", "Tab does not reach the token field");
+  await ops.keyboard.insertText(ADMIN_TOKEN);
+  await ops.keyboard.press("Tab");
+  await ops.keyboard.press("Enter");
+  await ops.locator("#who").waitFor();
+  assert.equal(await ops.evaluate(() => localStorage.length), 0);
   await ops.getByRole("heading", { name: "Queues" }).waitFor();
   await ops.locator("#counts tbody tr").first().waitFor();
   let before = await counts(ops);

@@ -36,7 +36,7 @@
     // The server has the last word: a token it refuses does not sign in.
     const r = await api("GET", "/api/assets?limit=1");
     if (r.status !== 200) {
-      signOut();
+      token = claims = null;
       throw new Error(r.status === 401 ? "The server refused this token (wrong secret or expired)." : message(r));
     }
     sessionStorage.setItem(KEY, t);
@@ -47,14 +47,12 @@
     fillExamples();
   }
 
+  // Signing out reloads the page: nothing of the session (uploads, their
+  // thumbnails, job listings, the chart) outlives it in memory.
   function signOut(why) {
     sessionStorage.removeItem(KEY);
-    token = claims = null;
-    stopSampling();
-    if (socket) { socket.disconnect(); socket = null; }
-    $("#who").hidden = $("#nav").hidden = true;
-    if (why) say(why);
-    route();
+    sessionStorage.setItem(`${KEY}.why`, why);
+    location.reload();
   }
 
   async function api(method, path, body) {
@@ -416,6 +414,8 @@
   window.addEventListener("hashchange", route);
 
   buildLegend();
+  say(sessionStorage.getItem(`${KEY}.why`) || "");
+  sessionStorage.removeItem(`${KEY}.why`);
   const saved = sessionStorage.getItem(KEY);
   if (saved) signIn(saved).then(route, () => signOut("Your saved session ended: sign in again."));
   else route();
