@@ -16,6 +16,7 @@ import (
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/console"
 	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
@@ -167,6 +168,7 @@ func (s *Server) probes() {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /console/", console.Handler())
 	if s.Metrics != nil {
 		s.mux.Handle("GET /metrics", s.Metrics)
 	}
