@@ -120,6 +120,11 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
 		}
 	}
+	var prof *pprofServer
+	if cfg.PprofAddr != "" && len(serveErr) == 0 {
+		prof = newPprofServer(cfg.PprofAddr, log.With("component", "pprof"))
+		prof.start(serveErr)
+	}
 	if len(serveErr) == 0 {
 		for _, l := range sweeps {
 			l.Start()
@@ -136,6 +141,9 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	}
 	rt.Stop()
 	srv.stop()
+	if prof != nil {
+		prof.stop()
+	}
 	if m.worker() {
 		qctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		if err := b.queue.Stop(qctx); err != nil {

@@ -141,3 +141,20 @@ func TestParseBytes(t *testing.T) {
 		}
 	}
 }
+
+// Profiles expose the process's memory: the endpoint listens on loopback
+// only, and any other address stops start-up naming the variable.
+func TestPprofAddrIsLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"127.0.0.1:6060", "localhost:6060", "[::1]:6060", "127.0.0.2:0"} {
+		c, _, err := Load("serve", nil, env(map[string]string{"PPROF_ADDR": v}), io.Discard, nil)
+		if err != nil || c.PprofAddr != v {
+			t.Errorf("%q: PprofAddr %q, err %v", v, c.PprofAddr, err)
+		}
+	}
+	for _, v := range []string{":6060", "0.0.0.0:6060", "[::]:6060", "10.0.0.1:6060", "example.com:6060", "127.0.0.1", "localhost"} {
+		if _, _, err := Load("serve", []string{"-pprof-addr", v}, env(nil), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "PPROF_ADDR") {
+			t.Errorf("%q: err = %v, want one naming PPROF_ADDR", v, err)
+		}
+	}
+}
