@@ -64,9 +64,12 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		return err
 	}
 	keys := auth.NewKeys(secret, nil)
-	analyzer, err := newAnalyzer(cfg, log)
+	analyzer, breaker, err := newAnalyzer(cfg, log)
 	if err != nil {
 		return err
+	}
+	if !m.worker() {
+		breaker = nil // an api process calls no AI: its workers hold the breakers
 	}
 	handler := &pipeline.Handler{
 		Analyzer: analyzer,
@@ -103,7 +106,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	if m.worker() {
 		sweeps = newSweeps(handler, b, qo.single, time.Now(), log)
 	}
-	srv := newHTTPServer(m, cfg, b, keys, rt, log)
+	srv := newHTTPServer(m, cfg, b, keys, rt, breaker, log)
 
 	if err := rt.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
@@ -169,12 +172,15 @@ type httpServer struct {
 	log  *slog.Logger
 }
 
-func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, log *slog.Logger) *httpServer {
+func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, breaker *ai.Breaker, log *slog.Logger) *httpServer {
 	var sockets func() int
 	if m.api() {
 		sockets = rt.ConnectedSockets
 	}
 	mx := newMetrics(b.queue.Counts, sockets)
+	if breaker != nil {
+		mx.reg.MustRegister(ai.BreakerCollector(breaker))
+	}
 	deps := httpapi.Deps{
 		Keys:    keys,
 		Assets:  b.store,
@@ -186,6 +192,9 @@ func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt 
 		NewID:   newIDs(),
 		Ready:   b.ready,
 		Metrics: mx.handler(),
+	}
+	if breaker != nil {
+		deps.AIBreaker = breaker.State
 	}
 	var h http.Handler
 	if m.api() {
@@ -247,16 +256,25 @@ func jwtSecret(cfg *config.Config, log *slog.Logger) ([]byte, error) {
 	return auth.LoadOrCreateSecret(cfg.DataDir, log)
 }
 
-func newAnalyzer(cfg *config.Config, log *slog.Logger) (ai.Analyzer, error) {
+// newAnalyzer is the built-in analyzer, or with AI_SERVICE_URL the
+// service's client behind the process's circuit breaker (one per process,
+// shared by all its jobs), which it also returns.
+func newAnalyzer(cfg *config.Config, log *slog.Logger) (ai.Analyzer, *ai.Breaker, error) {
+	log = log.With("component", "ai")
 	if cfg.AIServiceURL == "" {
-		return ai.NewBuiltin(ai.BuiltinConfig{MaxPixels: cfg.MaxPixels, MaxBytes: cfg.MaxFileBytes, Logger: log.With("component", "ai")}), nil
+		return ai.NewBuiltin(ai.BuiltinConfig{MaxPixels: cfg.MaxPixels, MaxBytes: cfg.MaxFileBytes, Logger: log}), nil, nil
 	}
-	return ai.NewClient(ai.ClientConfig{
+	c, err := ai.NewClient(ai.ClientConfig{
 		BaseURL: cfg.AIServiceURL,
 		Token:   cfg.AIServiceToken,
 		Timeout: cfg.AITimeout,
-		Logger:  log.With("component", "ai"),
+		Logger:  log,
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	br := ai.NewBreaker(c, ai.BreakerConfig{Logger: log})
+	return br, br, nil
 }
 
 func analyzerName(cfg *config.Config) string {
