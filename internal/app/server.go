@@ -15,6 +15,7 @@ import (
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/config"
+	"github.com/klectr/klectr/internal/eventlog"
 	"github.com/klectr/klectr/internal/httpapi"
 	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/realtime"
@@ -37,10 +38,11 @@ const shutdownTimeout = 25 * time.Second
 
 // runServer runs serve, api or worker until ctx ends. It starts, in order:
 // the realtime server, the queue's workers, the sweeps (event relay,
-// reconciler, orphan blobs; worker processes only), and the HTTP listener
-// (the API, or on a worker only /healthz, /readyz and /metrics), so that a
-// signal during start-up finds every part running and goes through the
-// ordered stop. It stops in this order, each step bounded by
+// reconciler, orphan blobs, event log expiry; worker processes only), the
+// profiling endpoint (with PPROF_ADDR) and the HTTP listener (the API, or
+// on a worker only /healthz, /readyz and /metrics), so that a signal
+// during start-up finds every part running and goes through the ordered
+// stop. It stops in this order, each step bounded by
 // shutdownTimeout:
 //  1. the realtime server closes every socket without a Socket.IO
 //     disconnect, so clients reconnect by themselves when the service is back;
@@ -95,16 +97,22 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			c, err := keys.Verify(token)
 			return c.UserID, c.ExpiresAt, err
 		},
-		Bus:    b.bus,
-		Logger: log.With("component", "realtime"),
+		Bus:          b.bus,
+		Logger:       log.With("component", "realtime"),
+		Backlog:      b.events,
+		BacklogEvent: pipeline.EventAssetProcessed,
 	})
 	if err != nil {
 		return err
 	}
-	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, rt
+	// Every asset_processed, first publish or relay, is in the user's log
+	// before any socket may get it; on a worker the realtime server
+	// publishes on the bus, so the log is appended once, by the worker.
+	notifier := &eventlog.Notifier{Log: b.events, Next: rt, Event: pipeline.EventAssetProcessed}
+	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, notifier
 	var sweeps []*loop
 	if m.worker() {
-		sweeps = newSweeps(handler, b, qo.single, time.Now(), log)
+		sweeps = newSweeps(handler, b, qo.single, time.Now(), cfg.EventRetention, log)
 	}
 	srv := newHTTPServer(m, cfg, b, keys, rt, breaker, log)
 
@@ -199,6 +207,7 @@ func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt 
 	var h http.Handler
 	if m.api() {
 		deps.Socket = rt
+		deps.Events = b.events
 		if cfg.UploadRate > 0 {
 			deps.Limiter = httpapi.NewUserLimiter(cfg.UploadRate, max(1, cfg.UploadRate/6), nil)
 		}

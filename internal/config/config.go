@@ -42,6 +42,8 @@ type Config struct {
 	MaxPixels    int64
 	UploadRate   int // upload requests per minute per user; 0: unlimited
 
+	EventRetention time.Duration // how long each user's events are kept for catching up
+
 	LogLevel  slog.Level
 	LogFormat string // json or text
 
@@ -162,6 +164,10 @@ var settings = []setting{
 	}},
 	{"UPLOAD_RATE", "120", "upload requests per minute per user, in bursts of up to a sixth of it (0: unlimited)", func(c *Config, v string) (err error) {
 		c.UploadRate, err = intIn(v, 0, 1_000_000)
+		return err
+	}},
+	{"EVENT_RETENTION", "168h", "how long each user's asset_processed events are kept for catching up", func(c *Config, v string) (err error) {
+		c.EventRetention, err = positiveDuration(v)
 		return err
 	}},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/eventlog"
 	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
@@ -91,6 +92,8 @@ type Deps struct {
 	// /readyz and the admin queue counts; nil where the process holds none
 	// (the built-in analyzer, or an api process: workers call the AI).
 	AIBreaker func() ai.BreakerState
+	// Events is the users' event log, for GET /api/events; nil: no route.
+	Events eventlog.Reader
 }
 
 // Check is one dependency that /readyz reports by name (store, queue, bus,
@@ -152,6 +155,9 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /api/assets", user(s.listAssets))
 	s.mux.Handle("GET /api/assets/{id}", user(s.getAsset))
 	s.mux.Handle("POST /api/assets/{id}/retry", user(s.retryAsset))
+	if s.Events != nil {
+		s.mux.Handle("GET /api/events", user(s.listEvents))
+	}
 
 	s.mux.Handle("GET /api/admin/queues", admin(s.adminQueues))
 	s.mux.Handle("GET /api/admin/jobs", admin(s.adminListJobs))
