@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,4 +133,25 @@ func eventIDs(t *testing.T, sio *sioClient, socket string) []string {
 		out = append(out, ev.EventID)
 	}
 	return out
+}
+
+// EVENT_RETENTION: the worker's sweep deletes the events older than it, so
+// they are neither served over HTTP nor replayed (the first sweep runs
+// reconnectGrace after start).
+func TestServeExpiresEvents(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, map[string]string{"EVENT_RETENTION": "1s"})
+	ids := s.uploadOK(s.alice, "valid/video-001.png")
+	s.waitFinal(s.alice, ids[0])
+	var page struct{ Events []json.RawMessage }
+	if status, err := getJSON(s.url, "/api/events", s.alice, &page); err != nil || status != 200 || len(page.Events) != 1 {
+		t.Fatalf("before expiry: %d %v %d events", status, err, len(page.Events))
+	}
+	waitFor(t, 30*time.Second, "the event to expire", func() bool {
+		status, err := getJSON(s.url, "/api/events", s.alice, &page)
+		return err == nil && status == 200 && len(page.Events) == 0
+	})
+	if !strings.Contains(s.logs.String(), "expired events deleted") {
+		t.Fatalf("no expiry logged:\n%s", s.logs.String())
+	}
 }
