@@ -36,7 +36,7 @@ var _ asset.Store = (*Store)(nil)
 // New migrates the schema (idempotently, in one transaction) and returns the
 // store. The caller keeps ownership of db and closes it.
 func New(ctx context.Context, db *sqlitedb.DB) (*Store, error) {
-	if err := migrate(ctx, db.Write); err != nil {
+	if err := db.Migrate(ctx, migrationLine, migrations); err != nil {
 		return nil, fmt.Errorf("sqlitestore: migrate %s: %w", db.Path, err)
 	}
 	return &Store{db: db, w: &groupWriter{db: db.Write}}, nil

@@ -26,7 +26,7 @@ var _ eventlog.Log = (*Log)(nil)
 // New migrates the schema (idempotently, in one transaction) and returns the
 // log. The caller keeps ownership of db and closes it.
 func New(ctx context.Context, db *sqlitedb.DB) (*Log, error) {
-	if err := migrate(ctx, db.Write); err != nil {
+	if err := db.Migrate(ctx, migrationLine, migrations); err != nil {
 		return nil, fmt.Errorf("sqlitelog: migrate %s: %w", db.Path, err)
 	}
 	return &Log{db: db}, nil

@@ -31,7 +31,7 @@ type Keys struct {
 // New migrates the schema (idempotently) and returns the table. The caller
 // keeps ownership of db.
 func New(ctx context.Context, db *sqlitedb.DB) (*Keys, error) {
-	if err := migrate(ctx, db.Write); err != nil {
+	if err := db.Migrate(ctx, migrationLine, migrations); err != nil {
 		return nil, fmt.Errorf("sqlitekeys: migrate %s: %w", db.Path, err)
 	}
 	return &Keys{db: db, flying: map[[2]string]string{}}, nil
