@@ -259,7 +259,7 @@ func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (ass
 		filter = append(filter, bson.E{Key: "status", Value: q.Status})
 	}
 	if q.After != "" {
-		ms, id, err := decodeCursor(q.After)
+		ms, id, err := asset.DecodeCursor(q.After)
 		if err != nil {
 			return asset.Page{}, fmt.Errorf("mongostore: list: %w", err)
 		}
@@ -280,7 +280,7 @@ func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (ass
 	if len(as) > limit {
 		page.Assets = as[:limit]
 		last := as[limit-1]
-		page.Next = encodeCursor(last.CreatedAt.UnixMilli(), last.ID)
+		page.Next = asset.EncodeCursor(last.CreatedAt.UnixMilli(), last.ID)
 	}
 	return page, nil
 }

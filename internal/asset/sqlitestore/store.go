@@ -152,7 +152,7 @@ func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (ass
 		args = append(args, string(q.Status))
 	}
 	if q.After != "" {
-		ms, id, err := decodeCursor(q.After)
+		ms, id, err := asset.DecodeCursor(q.After)
 		if err != nil {
 			return asset.Page{}, fmt.Errorf("sqlitestore: list: %w", err)
 		}
@@ -171,7 +171,7 @@ func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (ass
 	if len(as) > limit {
 		page.Assets = as[:limit]
 		last := as[limit-1]
-		page.Next = encodeCursor(last.CreatedAt.UnixMilli(), last.ID)
+		page.Next = asset.EncodeCursor(last.CreatedAt.UnixMilli(), last.ID)
 	}
 	return page, nil
 }

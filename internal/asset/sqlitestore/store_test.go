@@ -282,24 +282,6 @@ func TestQueryPlans(t *testing.T) {
 	}
 }
 
-func TestCursorRoundTrip(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		ms int64
-		id string
-	}{{0, "a"}, {1741944413123, "01JP7X9Z"}, {-62135596800000, "x/y+z=é"}} {
-		ms, id, err := decodeCursor(encodeCursor(tc.ms, tc.id))
-		if err != nil || ms != tc.ms || id != tc.id {
-			t.Errorf("decode(encode(%d, %q)) = %d, %q, %v", tc.ms, tc.id, ms, id, err)
-		}
-	}
-	for _, bad := range []string{"", "!!", "AQ", encodeCursor(1, "a")[:10]} {
-		if _, _, err := decodeCursor(bad); !errors.Is(err, asset.ErrInvalidCursor) {
-			t.Errorf("decodeCursor(%q) = %v, want asset.ErrInvalidCursor", bad, err)
-		}
-	}
-}
-
 func BenchmarkCreate(b *testing.B) {
 	ctx := context.Background()
 	s, _ := newStore(b)

@@ -1,19 +1,18 @@
-package mongostore
+package asset
 
 import (
 	"encoding/base64"
 	"encoding/binary"
-
-	"github.com/klectr/klectr/internal/asset"
 )
 
 // cursorVersion leads every cursor, so its layout can change without
 // misreading cursors that clients still hold.
 const cursorVersion = 1
 
-// encodeCursor makes the opaque List cursor of the last asset of a page:
-// base64url of version, createdAt in unix milliseconds (big-endian), id.
-func encodeCursor(createdAtMS int64, id string) string {
+// EncodeCursor makes the opaque List cursor (Page.Next) of the last asset of
+// a page: base64url of version, createdAt in unix milliseconds (big-endian),
+// id. The stores share it so that the format is written once.
+func EncodeCursor(createdAtMS int64, id string) string {
 	b := make([]byte, 0, 9+len(id))
 	b = append(b, cursorVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(createdAtMS))
@@ -21,10 +20,12 @@ func encodeCursor(createdAtMS int64, id string) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func decodeCursor(s string) (createdAtMS int64, id string, err error) {
+// DecodeCursor reads a cursor EncodeCursor made; any other string is
+// ErrInvalidCursor.
+func DecodeCursor(s string) (createdAtMS int64, id string, err error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(b) < 10 || b[0] != cursorVersion {
-		return 0, "", asset.ErrInvalidCursor
+		return 0, "", ErrInvalidCursor
 	}
 	return int64(binary.BigEndian.Uint64(b[1:9])), string(b[9:]), nil
 }
