@@ -298,7 +298,8 @@ func testWorkerKill(t *testing.T, bin string) {
 
 	// The interrupted jobs run again once their lease has expired.
 	var first, last time.Duration
-	ai.waitUntil(t, 150*time.Second, "the killed worker's jobs to run again", func(calls []aiCall) bool {
+	// asynq's lease: 60 to 120 s (internal/queue/redisqueue).
+	ai.waitUntil(t, 180*time.Second, "the killed worker's jobs to run again", func(calls []aiCall) bool {
 		again := map[string]time.Duration{}
 		for _, call := range calls {
 			if _, ok := cut[call.AssetID]; ok && call.Call == 2 {
