@@ -328,7 +328,7 @@ func testWorkerKill(t *testing.T, bin string) {
 			t.Errorf("asset %s: %d AI calls; only the killed worker's jobs run twice", id, n)
 		}
 	}
-	sio.waitAssets(total, time.Minute)
+	c.waitEvents(sio, docs, time.Minute)
 	checkClientEvents(t, sio, want, true)
 	c.stopAll()
 	t.Logf("kill -9 of a worker with %d jobs in the AI call (2 workers, WORKER_CONCURRENCY %d): its jobs ran again on the other worker %v (first) to %v (last) after the kill; all %d final %v after it",
@@ -427,7 +427,7 @@ func testAPIKill(t *testing.T, bin string) {
 			unacked++
 		}
 	}
-	sio.waitAssets(len(docs), 90*time.Second)
+	c.waitEvents(sio, docs, 90*time.Second)
 	checkClientEvents(t, sio, want, true)
 	c.stopAll()
 	t.Logf("kill -9 of api A with %d clients streaming uploads of %d images: %d requests accepted before it, %d cut without a reply; "+
@@ -488,6 +488,7 @@ func testRedisKill(t *testing.T, bin string) {
 	time.Sleep(2*time.Second - time.Since(killed)) // an outage of 2 s at least
 	rs.start()
 	restarted := time.Now()
+	t.Logf("Redis killed at %s, answering again at %s", killed.UTC().Format(time.RFC3339Nano), restarted.UTC().Format(time.RFC3339Nano))
 	outage, ids := checkOutageUpload(t, during)
 	accepted = append(accepted, ids...)
 	accepted = append(accepted, uploadUntilAccepted(t, api.url, token, image, 10, time.Minute)...)
@@ -501,7 +502,7 @@ func testRedisKill(t *testing.T, bin string) {
 			twice++
 		}
 	}
-	sio.waitAssets(len(docs), 90*time.Second)
+	c.waitEvents(sio, docs, 90*time.Second)
 	checkClientEvents(t, sio, want, true)
 	c.stopAll()
 	t.Logf("Redis kill -9 after %d of 40 AI calls, down %v; an upload sent while it was down: %s; all %d accepted assets final with events sent %v after the restart (%d jobs ran more than once)",
@@ -549,7 +550,7 @@ func testRedisFlush(t *testing.T, bin string) {
 			t.Errorf("asset %s is final without an AI call", id)
 		}
 	}
-	sio.waitAssets(len(docs), 90*time.Second)
+	c.waitEvents(sio, docs, 90*time.Second)
 	checkClientEvents(t, sio, want, true)
 	c.stopAll()
 	t.Logf("FLUSHALL with %d jobs in the AI call and %d queued: all %d accepted assets final with events sent %v after it (the queued ones re-enqueued by the reconciler)",
@@ -599,7 +600,7 @@ func testMongoRestart(t *testing.T, bin string) {
 			failed++
 		}
 	}
-	sio.waitAssets(len(docs), 90*time.Second)
+	c.waitEvents(sio, docs, 90*time.Second)
 	checkClientEvents(t, sio, want, true)
 	c.stopAll()
 	t.Logf("FerretDB kill -9 and restart, down %v; an upload sent while it was down: %s; all %d accepted assets final (%d failed) with events sent %v after the restart",

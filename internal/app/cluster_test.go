@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -389,6 +390,61 @@ func (c *cluster) checkStored(docs map[string]storedAssetDoc, sockets map[string
 	return want
 }
 
+// waitEvents waits until the client has received an event for every asset
+// of docs. On timeout it fails t naming each missing asset with what the
+// processes logged about it, and returns, so that checkClientEvents still
+// reports the rest.
+func (c *cluster) waitEvents(sio *sioClient, docs map[string]storedAssetDoc, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := map[string]bool{}
+		for _, e := range sio.events() {
+			var ev struct{ AssetID string }
+			json.Unmarshal(e.Data, &ev)
+			got[ev.AssetID] = true
+		}
+		var missing []string
+		for id := range docs {
+			if !got[id] {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			sort.Strings(missing)
+			var b strings.Builder
+			for _, id := range missing[:min(len(missing), 5)] {
+				fmt.Fprintf(&b, "\n  asset %s (event %s):", id, docs[id].EventID)
+				for _, line := range c.linesAbout(id) {
+					fmt.Fprintf(&b, "\n    %s", line)
+				}
+			}
+			c.t.Errorf("after %v the Socket.IO client has no event for %d of %d assets, whose events the store marks sent:%s",
+				timeout, len(missing), len(docs), b.String())
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// linesAbout returns every process's log lines that mention s.
+func (c *cluster) linesAbout(s string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for i, p := range c.procs {
+		for _, line := range strings.Split(p.logs.text(), "\n") {
+			if strings.Contains(line, s) {
+				out = append(out, fmt.Sprintf("%s #%d: %.400s", p.cmd.Args[1], i, line))
+			}
+		}
+	}
+	return out
+}
+
 // finalsBy returns the assets whose final state the process recorded (its
 // "asset final" log lines).
 func finalsBy(p *proc) map[string]bool {
@@ -617,7 +673,7 @@ func testMultiNode(t *testing.T, bin string) {
 		t.Errorf("worker 1 finished %d assets (%d of alice's), worker 2 %d (%d); want both working, on alice's too, and %d in all",
 			len(f1), aliceBy[0], len(f2), aliceBy[1], uploads)
 	}
-	sio.waitAssets(uploads, time.Minute)
+	c.waitEvents(sio, docs, time.Minute)
 	checkClientEvents(t, sio, want, false)
 	c.stopAll()
 
