@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/klectr/klectr/internal/bench"
 	"github.com/klectr/klectr/internal/config"
 )
 
@@ -23,6 +24,7 @@ Usage:
   klectr jobs list   [-state dead] [-limit 100]
   klectr jobs retry  <job id>      replay a dead job (its asset goes back to processing)
   klectr jobs delete <job id>      delete a job that is not running
+  klectr bench  [flags]            load a running klectr: uploads, Socket.IO events, percentiles (-h)
   klectr help
 
 Every setting is an environment variable and a flag of the same meaning:
@@ -43,6 +45,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runToken(rest, getenv, stdout, stderr)
 	case "jobs":
 		err = runJobs(ctx, rest, getenv, stdout, stderr)
+	case "bench":
+		return bench.Main(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		config.Usage(stdout)

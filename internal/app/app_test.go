@@ -38,6 +38,7 @@ func TestRunCommands(t *testing.T) {
 		{"scale-out needs a secret", []string{"serve"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, 1, "", "JWT_SECRET"},
 		{"token needs a user", []string{"token", "-data-dir", dir}, nil, 2, "", "exactly one user id"},
 		{"jobs needs a subcommand", []string{"jobs"}, nil, 2, "", "list, retry or delete"},
+		{"bench needs the server's secret", []string{"bench", "-url", "http://127.0.0.1:1"}, nil, 2, "", "want -jwt-secret"},
 		{"jobs list refuses a bad state", []string{"jobs", "list", "-data-dir", dir, "-state", "zombie"}, nil, 2, "", "jobs list"},
 	}
 	for _, c := range cases {

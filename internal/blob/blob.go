@@ -1,10 +1,20 @@
 // Package blob keeps uploaded files under keys the server generates; the
 // client's file name never becomes a path.
 //
-// Contract of Store: Put returns only after the bytes are durable (a crash
-// after Put returns loses nothing) and a blob is visible under its key whole
-// or not at all; Open of an unknown key returns ErrNotFound; Delete ignores
-// missing keys.
+// Contract of Store (blobtest.TestStore checks it):
+//   - Put streams r into a new blob under a key it generates (NewKey) and
+//     returns only after the bytes are durable: a crash after Put returns
+//     loses nothing. A blob is visible under its key whole or not at all.
+//     A Put that fails (r fails, ctx ends) leaves no blob; a crash in the
+//     middle of Put may leave a partial upload or an unreferenced blob,
+//     which Sweep removes.
+//   - Open of an unknown key, or of anything that is not a key (ValidKey),
+//     returns ErrNotFound: a key never becomes a path or another object.
+//   - Delete ignores missing and invalid keys.
+//   - Walk calls fn with the key of every blob written before olderThan, in
+//     no particular order; blobs put or deleted while it runs may or may not
+//     be seen, and fn may delete the key it is given. An error from fn or
+//     from ctx stops the walk and is returned.
 package blob
 
 import (
@@ -16,6 +26,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // ErrNotFound is returned by Open for an unknown key.
@@ -26,6 +37,7 @@ type Store interface {
 	Put(ctx context.Context, r io.Reader) (key string, err error)
 	Open(ctx context.Context, key string) (io.ReadCloser, error)
 	Delete(ctx context.Context, keys ...string) error
+	Walk(ctx context.Context, olderThan time.Time, fn func(key string) error) error
 }
 
 // Disk is a Store on a local (or shared) directory. Blobs live at
@@ -44,18 +56,33 @@ func NewDisk(dir string) (*Disk, error) {
 	return &Disk{dir: dir}, nil
 }
 
-// newKey returns 128 random bits as hex: unguessable and collision-free.
-func newKey() string {
+// NewKey returns a new blob key: 128 random bits as 32 lowercase hex digits,
+// unguessable and collision-free.
+func NewKey() string {
 	b := make([]byte, 16)
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
-func (d *Disk) path(key string) (string, error) {
-	if len(key) != 32 {
-		return "", ErrNotFound
+// ValidKey reports whether key has the form NewKey returns. Stores treat any
+// other key as unknown, so a key from outside never names a path or an
+// object outside the store.
+func ValidKey(key string) bool {
+	return len(key) == 32 && lowerHex(key)
+}
+
+func lowerHex(s string) bool {
+	for i := range len(s) {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
 	}
-	if _, err := hex.DecodeString(key); err != nil {
+	return true
+}
+
+func (d *Disk) path(key string) (string, error) {
+	if !ValidKey(key) {
 		return "", ErrNotFound
 	}
 	return filepath.Join(d.dir, key[:2], key), nil
@@ -63,7 +90,7 @@ func (d *Disk) path(key string) (string, error) {
 
 // Put copies r into a new blob. The caller bounds r.
 func (d *Disk) Put(ctx context.Context, r io.Reader) (string, error) {
-	key := newKey()
+	key := NewKey()
 	final, _ := d.path(key)
 	tmp, err := os.CreateTemp(filepath.Join(d.dir, "tmp"), key+".*")
 	if err != nil {
@@ -129,6 +156,75 @@ func (d *Disk) Delete(_ context.Context, keys ...string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Walk calls fn for each blob whose file was last written before olderThan.
+// Files in dir that are not blobs are ignored.
+func (d *Disk) Walk(ctx context.Context, olderThan time.Time, fn func(key string) error) error {
+	shards, err := os.ReadDir(d.dir)
+	if err != nil {
+		return fmt.Errorf("blob: %w", err)
+	}
+	for _, shard := range shards {
+		name := shard.Name()
+		if !shard.IsDir() || len(name) != 2 || !lowerHex(name) {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(d.dir, name))
+		if err != nil {
+			return fmt.Errorf("blob: %w", err)
+		}
+		for _, f := range files {
+			key := f.Name()
+			if !f.Type().IsRegular() || !ValidKey(key) || key[:2] != name {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			info, err := f.Info()
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("blob: %w", err)
+			}
+			if !info.ModTime().Before(olderThan) {
+				continue
+			}
+			if err := fn(key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// RemoveTemp deletes the partial writes in dir/tmp last written before
+// olderThan: what a crash in the middle of Put leaves. It returns how many
+// it removed.
+func (d *Disk) RemoveTemp(ctx context.Context, olderThan time.Time) (int, error) {
+	tmp := filepath.Join(d.dir, "tmp")
+	files, err := os.ReadDir(tmp)
+	if err != nil {
+		return 0, fmt.Errorf("blob: %w", err)
+	}
+	n := 0
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		info, err := f.Info()
+		if err != nil || f.IsDir() || !info.ModTime().Before(olderThan) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(tmp, f.Name())); err == nil {
+			n++
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return n, fmt.Errorf("blob: %w", err)
+		}
+	}
+	return n, nil
 }
 
 // syncDir makes a rename in dir durable.

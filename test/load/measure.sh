@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Runs one load measurement against a fresh `klectr serve` on loopback:
+# Runs one load measurement against a fresh `klectr serve` on loopback with
+# `klectr bench`:
 #
-#   test/load/measure.sh builtin        # built-in analyzer
-#   test/load/measure.sh ai 0ms         # fake AI service answering at once
-#   test/load/measure.sh ai 50ms        # fake AI service answering after 50 ms
+#   test/load/measure.sh builtin               # built-in analyzer
+#   test/load/measure.sh ai 0ms                # fake AI service answering at once
+#   test/load/measure.sh ai 50ms -baseline     # ... after 50 ms; bare multipart sink first
 #
 # Each run builds into $OUT (default /tmp/klectr-load), starts klectr on a
-# fresh DATA_DIR at 127.0.0.1 on a free port, uploads N requests of FILES
-# ~100 KB JPEGs from C workers, waits until every asset is final, prints the
-# figures and the server's peak RSS, then stops what it started. Extra
-# arguments after the scenario go to the upload tool (e.g. -wait=false).
-# Environment: N (2000), C (50), FILES (1), OUT, SRC (head: build commit REV,
-# default HEAD, from a `git archive` snapshot, so that other people's
-# uncommitted edits do not change what is measured; tree: the working tree),
-# and any klectr setting (WORKER_CONCURRENCY, ...), passed to the server.
+# fresh DATA_DIR at 127.0.0.1 on a free port, connects USERS Socket.IO users,
+# sends N uploads of one BYTES-byte PNG from C at once, waits for every
+# event, prints the bench's figures and the server's peak RSS and CPU, then
+# stops what it started. Extra arguments after the scenario go to
+# `klectr bench` (-baseline, -duration 60s -n 0, -wait 5m, ...).
+# Environment: N (1000), C (50), USERS (1000), BYTES (100000), OUT, SRC (head:
+# build commit REV, default HEAD, from a `git archive` snapshot, so that other
+# people's uncommitted edits do not change what is measured; tree: the
+# working tree), and any klectr setting (WORKER_CONCURRENCY, ...), passed to
+# the server.
 set -euo pipefail
 
-scenario=${1:?usage: measure.sh builtin|ai <delay> [upload flags...]}
+scenario=${1:?usage: measure.sh builtin|ai <delay> [klectr bench flags...]}
 shift
 delay=0ms
 if [[ $scenario == ai ]]; then
@@ -24,7 +27,7 @@ if [[ $scenario == ai ]]; then
 	shift
 fi
 OUT=${OUT:-/tmp/klectr-load}
-N=${N:-2000} C=${C:-50} FILES=${FILES:-1}
+N=${N:-1000} C=${C:-50} USERS=${USERS:-1000} BYTES=${BYTES:-100000}
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$OUT"
@@ -37,8 +40,7 @@ if [[ ${SRC:-head} == head ]]; then
 		rm -rf "$src.tmp" && mkdir -p "$src.tmp" && git -C "$repo" archive "$rev" | tar -x -C "$src.tmp" && mv "$src.tmp" "$src"
 	fi
 fi
-(cd "$src" && go build -o "$OUT/klectr" ./cmd/klectr && go build -o "$OUT/upload" ./test/load/upload &&
-	go build -o "$OUT/fakeai" ./test/load/fakeai)
+(cd "$src" && go build -o "$OUT/klectr" ./cmd/klectr && go build -o "$OUT/fakeai" ./test/load/fakeai)
 
 run=$(mktemp -d "$OUT/run.XXXXXX")
 pids=()
@@ -65,7 +67,7 @@ if [[ $scenario == ai ]]; then
 	export AI_SERVICE_URL=$(head -1 "$run/fakeai.out")
 fi
 
-# One load user sends far more than a phone: no per-user rate limit unless asked.
+# A bench user may send more than a phone: no per-user rate limit unless asked.
 UPLOAD_RATE=${UPLOAD_RATE:-0} DATA_DIR="$run/data" ADDR=127.0.0.1:0 "$OUT/klectr" serve 2>"$run/server.log" &
 server=$!
 pids=("$server" "${pids[@]}") # stop klectr before the fake AI
@@ -74,8 +76,8 @@ addr=$(grep -o '"msg":"listening","addr":"[^"]*"' "$run/server.log" | sed 's/.*"
 
 echo "scenario $scenario${AI_SERVICE_URL:+ (AI $delay)}  klectr $rev  run dir $run  load average $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
-"$OUT/upload" -url "http://$addr" -data-dir "$run/data" -klectr "$OUT/klectr" \
-	-c "$C" -n "$N" -files "$FILES" -wait -pid "$server" "$@" || status=$?
+"$OUT/klectr" bench -url "http://$addr" -data-dir "$run/data" -users "$USERS" \
+	-c "$C" -n "$N" -image-bytes "$BYTES" -pid "$server" "$@" || status=$?
 echo "load average after $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The database's own view, when the sqlite3 shell is installed.

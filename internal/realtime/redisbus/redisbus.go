@@ -1,0 +1,214 @@
+// Package redisbus is the realtime.Bus of the scale-out deployment: events go
+// through one Redis pub/sub channel that every api and worker process shares.
+//
+// Guarantees beyond realtime.Bus: a subscription survives a Redis restart or a
+// dropped connection (go-redis reconnects and subscribes again, within a few
+// seconds of Redis being back). Messages published while the subscriber is
+// disconnected are lost — Redis pub/sub stores nothing — and a Publish while
+// Redis is down fails. Neither loses an event: the pipeline records the
+// decision to send with the state change and its outbox re-publishes what
+// was not acknowledged.
+package redisbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/klectr/klectr/internal/realtime"
+)
+
+// DefaultChannel is the Redis channel used when Config.Channel is empty.
+const DefaultChannel = "klectr:events"
+
+// pingTimeout bounds the start-up check that Redis answers.
+const pingTimeout = 5 * time.Second
+
+// Config configures a Bus.
+type Config struct {
+	// URL is a go-redis URL: redis://[:password@]host:port[/db] or rediss://.
+	URL string
+	// Channel is the pub/sub channel every process of a deployment shares.
+	// Pub/sub channels are global to a Redis server (not scoped by database),
+	// so two deployments on one server need two names. Defaults to
+	// DefaultChannel.
+	Channel string
+	// Logger receives undeliverable messages; nil discards.
+	Logger *slog.Logger
+}
+
+// Bus is a realtime.Bus on Redis pub/sub. Each subscription holds one Redis
+// connection of its own.
+type Bus struct {
+	rdb     *redis.Client
+	channel string
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
+}
+
+var _ realtime.Bus = (*Bus)(nil)
+
+// New connects to Redis and fails when it does not answer within a few
+// seconds (or before ctx ends).
+func New(ctx context.Context, cfg Config) (*Bus, error) {
+	opt, err := redis.ParseURL(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redisbus: %w", err)
+	}
+	if cfg.Channel == "" {
+		cfg.Channel = DefaultChannel
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Bus{
+		rdb:     redis.NewClient(opt),
+		channel: cfg.Channel,
+		log:     cfg.Logger,
+		subs:    make(map[*subscription]struct{}),
+	}
+	if err := b.Ping(ctx); err != nil {
+		b.rdb.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// Ping reports whether Redis answers, within a few seconds at most.
+func (b *Bus) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisbus: redis at %s: %w", b.rdb.Options().Addr, err)
+	}
+	return nil
+}
+
+// Close stops every subscription and closes the connections. It is
+// idempotent.
+func (b *Bus) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := b.subs
+	b.subs = nil
+	b.mu.Unlock()
+	for s := range subs {
+		s.stop()
+	}
+	return b.rdb.Close()
+}
+
+// Publish sends m to every subscription of every process; it returns once
+// Redis has taken the message.
+func (b *Bus) Publish(ctx context.Context, m realtime.Message) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	payload, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("redisbus: %w", err)
+	}
+	if err := b.rdb.Publish(ctx, b.channel, payload).Err(); err != nil {
+		return fmt.Errorf("redisbus: publish: %w", err)
+	}
+	return nil
+}
+
+// Subscribe returns once Redis has confirmed the subscription, so a message
+// published after it returns reaches fn.
+func (b *Bus) Subscribe(ctx context.Context, fn func(realtime.Message)) (func(), error) {
+	if fn == nil {
+		return nil, errors.New("redisbus: subscribe: nil fn")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("redisbus: subscribe: %w", err)
+	}
+	ps := b.rdb.Subscribe(ctx, b.channel)
+	// The confirmation is the first reply on the subscription's connection.
+	if _, err := ps.Receive(ctx); err != nil {
+		ps.Close()
+		return nil, fmt.Errorf("redisbus: subscribe: %w", err)
+	}
+	s := &subscription{ps: ps, quit: make(chan struct{}), done: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		ps.Close()
+		return nil, errors.New("redisbus: subscribe: bus closed")
+	}
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+
+	go s.run(b.log, fn)
+	stopAfter := context.AfterFunc(ctx, s.stop)
+	return func() {
+		stopAfter()
+		s.stop()
+		b.mu.Lock()
+		delete(b.subs, s)
+		b.mu.Unlock()
+	}, nil
+}
+
+type subscription struct {
+	ps   *redis.PubSub
+	once sync.Once
+	quit chan struct{}
+	done chan struct{}
+}
+
+// run calls fn for each message, in the order Redis delivered them, until
+// stop. go-redis's channel pings the server when idle and reconnects and
+// resubscribes when the connection is lost.
+func (s *subscription) run(log *slog.Logger, fn func(realtime.Message)) {
+	defer close(s.done)
+	ch := s.ps.Channel(redis.WithChannelSize(1024))
+	for {
+		select {
+		case <-s.quit:
+			return
+		case rm, ok := <-ch:
+			if !ok {
+				return
+			}
+			var m realtime.Message
+			if err := json.Unmarshal([]byte(rm.Payload), &m); err != nil {
+				log.Warn("redisbus: dropping an undecodable message", "channel", rm.Channel, "bytes", len(rm.Payload), "err", err)
+				continue
+			}
+			if err := m.Validate(); err != nil {
+				log.Warn("redisbus: dropping an invalid message", "channel", rm.Channel, "err", err)
+				continue
+			}
+			// Messages already buffered are not delivered once stop began.
+			select {
+			case <-s.quit:
+				return
+			default:
+			}
+			fn(m)
+		}
+	}
+}
+
+// stop ends the subscription and waits until fn is no longer running.
+func (s *subscription) stop() {
+	s.once.Do(func() {
+		close(s.quit)
+		s.ps.Close()
+	})
+	<-s.done
+}
