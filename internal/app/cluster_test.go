@@ -20,14 +20,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/johannesboyne/gofakes3"
-	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"github.com/oklog/ulid/v2"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/klectr/klectr/internal/auth"
+	"github.com/klectr/klectr/internal/blob/blobtest"
+	"github.com/klectr/klectr/internal/blob/s3blob"
 	"github.com/klectr/klectr/internal/testenv"
 )
 
@@ -68,46 +68,58 @@ const (
 	clusterBlobPrefix = "blobs/"
 )
 
-// s3Server is a real S3-protocol server (gofakes3 on its in-memory backend)
-// with one empty bucket; the test reads its objects through the backend.
+// s3Server is a real S3-protocol server (blobtest's gofakes3 on loopback)
+// with one empty bucket; the test reads its objects through s3blob.
 type s3Server struct {
-	url     string
-	backend *s3mem.Backend
+	url   string
+	blobs *s3blob.Store
 }
 
 func startS3(t *testing.T) *s3Server {
 	t.Helper()
-	backend := s3mem.New()
-	if err := backend.CreateBucket(clusterBucket); err != nil {
+	h, err := blobtest.S3Handler(clusterBucket)
+	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(gofakes3.New(backend, gofakes3.WithLogger(gofakes3.DiscardLog())).Server())
+	srv := httptest.NewUnstartedServer(h)
 	// gofakes3 writes a second header when a client aborts a multipart
 	// upload (the api kill test does); net/http's complaint is noise.
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return &s3Server{url: srv.URL, backend: backend}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	blobs, err := s3blob.New(ctx, s3blob.Config{Bucket: clusterBucket, Prefix: clusterBlobPrefix, Endpoint: srv.URL,
+		AccessKeyID: "klectr-test", SecretAccessKey: "klectr-test-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &s3Server{url: srv.URL, blobs: blobs}
 }
 
 // has reports whether the blob of key is stored (BLOB_URL's prefix + key).
 func (s *s3Server) has(key string) bool {
-	_, err := s.backend.HeadObject(clusterBucket, clusterBlobPrefix+key)
-	return err == nil
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := s.blobs.Open(ctx, key)
+	if err != nil {
+		return false
+	}
+	rc.Close()
+	return true
 }
 
 // objects counts the objects under the blob prefix.
 func (s *s3Server) objects(t *testing.T) int {
 	t.Helper()
-	p := gofakes3.NewPrefix(ptr(clusterBlobPrefix), nil)
-	l, err := s.backend.ListBucket(clusterBucket, &p, gofakes3.ListBucketPage{})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n := 0
+	if err := s.blobs.Walk(ctx, time.Now().Add(time.Hour), func(string) error { n++; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	return len(l.Contents)
+	return n
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // withDatabase puts db in the path of a mongodb:// URI, keeping its hosts
 // and options.
