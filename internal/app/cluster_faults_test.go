@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -149,27 +150,40 @@ func startFerretDB(t *testing.T) *dbServer {
 	return s
 }
 
-// gatedAI holds every call until open is called, and records the calls
-// whose caller went away while held (a killed worker's).
-type gatedAI struct {
+// holdAI answers after delay, except while holding: calls arriving then
+// wait until released. It records the held calls whose caller went away (a
+// killed worker's).
+type holdAI struct {
 	*fakeAI
-	gate chan struct{}
-	once sync.Once
 
-	mu  sync.Mutex
-	cut map[string]time.Time // asset → when its held call was cut
+	mu      sync.Mutex
+	holding bool
+	waiting []chan struct{} // the held calls, in order of arrival
+	cut     map[string]time.Time
 }
 
-func newGatedAI(t *testing.T, delay time.Duration) *gatedAI {
-	g := &gatedAI{gate: make(chan struct{}), cut: map[string]time.Time{}}
-	g.fakeAI = newFakeAI(t, func(r *http.Request, id string, seq, call int) (int, string) {
-		select {
-		case <-g.gate:
-		case <-r.Context().Done():
-			g.mu.Lock()
-			g.cut[id] = time.Now()
-			g.mu.Unlock()
-			return 0, ""
+func newHoldAI(t *testing.T, delay time.Duration, holding bool) *holdAI {
+	h := &holdAI{holding: holding, cut: map[string]time.Time{}}
+	h.fakeAI = newFakeAI(t, func(r *http.Request, id string, seq, call int) (int, string) {
+		h.mu.Lock()
+		var gate chan struct{}
+		if h.holding {
+			gate = make(chan struct{})
+			h.waiting = append(h.waiting, gate)
+		}
+		h.mu.Unlock()
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				h.mu.Lock()
+				if i := slices.Index(h.waiting, gate); i >= 0 {
+					h.waiting = slices.Delete(h.waiting, i, i+1)
+				}
+				h.cut[id] = time.Now()
+				h.mu.Unlock()
+				return 0, ""
+			}
 		}
 		select {
 		case <-time.After(delay):
@@ -178,16 +192,43 @@ func newGatedAI(t *testing.T, delay time.Duration) *gatedAI {
 		}
 		return http.StatusOK, fmt.Sprintf(`{"label":"card","seq":%d,"call":%d}`, seq, call)
 	})
-	return g
+	return h
 }
 
-func (g *gatedAI) open() { g.once.Do(func() { close(g.gate) }) }
+// hold makes the calls from now on wait until released.
+func (h *holdAI) hold() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.holding = true
+}
 
-func (g *gatedAI) cutCalls() map[string]time.Time {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	out := make(map[string]time.Time, len(g.cut))
-	for k, v := range g.cut {
+// release lets the first n held calls go on; n < 0 releases them all and
+// stops holding.
+func (h *holdAI) release(n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n < 0 {
+		h.holding = false
+		n = len(h.waiting)
+	}
+	n = min(n, len(h.waiting))
+	for _, gate := range h.waiting[:n] {
+		close(gate)
+	}
+	h.waiting = h.waiting[n:]
+}
+
+func (h *holdAI) heldCalls() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.waiting)
+}
+
+func (h *holdAI) cutCalls() map[string]time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]time.Time, len(h.cut))
+	for k, v := range h.cut {
 		out[k] = v
 	}
 	return out
@@ -276,7 +317,7 @@ func checkNothingElse(t *testing.T, docs map[string]storedAssetDoc, accepted []s
 // on them has expired) and every asset ends draft with its event sent.
 func testWorkerKill(t *testing.T, bin string) {
 	const perWorker, total = 4, 16
-	ai := newGatedAI(t, 50*time.Millisecond)
+	ai := newHoldAI(t, 50*time.Millisecond, true)
 	uri, db := testenv.MongoURI(t)
 	c := newCluster(t, bin, testenv.RedisURL(t), uri, db, ai.fakeAI, map[string]string{"WORKER_CONCURRENCY": fmt.Sprint(perWorker)})
 	api := c.start("api")
@@ -290,7 +331,7 @@ func testWorkerKill(t *testing.T, bin string) {
 	killed := time.Now()
 	c.kill9(w1)
 	waitFor(t, 30*time.Second, "the killed worker's AI calls to be cut", func() bool { return len(ai.cutCalls()) >= perWorker })
-	ai.open()
+	ai.release(-1)
 	cut := ai.cutCalls()
 	if len(cut) != perWorker {
 		t.Fatalf("%d AI calls cut by the kill; want the killed worker's %d", len(cut), perWorker)
@@ -465,13 +506,16 @@ func listAssets(t *testing.T, baseURL, token string) map[string]bool {
 }
 
 // testRedisKill: the queue's Redis (AOF on) is killed with SIGKILL while
-// jobs run and wait, and started again on the same data. Nothing is lost:
-// every accepted asset ends draft and its event reaches the client.
+// jobs are in the AI call and others wait, and started again on the same
+// data. The AI holds the calls in flight until Redis answers again, so that
+// their events are published the moment it is back. Nothing is lost: every
+// accepted asset ends draft and its event reaches the client.
 func testRedisKill(t *testing.T, bin string) {
+	const total, concurrency = 40, 4
 	rs := startRedisServer(t)
-	ai := slowAI(t, 200*time.Millisecond)
+	ai := newHoldAI(t, 200*time.Millisecond, false)
 	uri, db := testenv.MongoURI(t)
-	c := newCluster(t, bin, "redis://"+rs.addr+"/0", uri, db, ai, map[string]string{"WORKER_CONCURRENCY": "4"})
+	c := newCluster(t, bin, "redis://"+rs.addr+"/0", uri, db, ai.fakeAI, map[string]string{"WORKER_CONCURRENCY": fmt.Sprint(concurrency)})
 	api := c.start("api")
 	c.start("worker")
 	alice, token := c.user("alice")
@@ -479,14 +523,21 @@ func testRedisKill(t *testing.T, bin string) {
 	sio.connect("alice", api.url, token, true)
 	image := fixture(t, "valid/video-001.q50.420.jpeg")
 
-	accepted := uploadN(t, api.url, token, image, 4, 10)
+	accepted := uploadN(t, api.url, token, image, 4, total/4)
 	ai.waitCalls(t, 8, 60*time.Second)
+	ai.hold()
+	waitFor(t, 30*time.Second, "the worker's AI calls to be held", func() bool { return ai.heldCalls() == concurrency })
 	killed := time.Now()
 	rs.kill()
 	callsAtKill := len(ai.all())
 	during := uploadDuringOutage(api.url, token, image)
+	// Half the held jobs finish while Redis is down (their events cannot be
+	// published then), the other half the moment it is back.
+	time.Sleep(300 * time.Millisecond)
+	ai.release(concurrency / 2)
 	time.Sleep(2*time.Second - time.Since(killed)) // an outage of 2 s at least
 	rs.start()
+	ai.release(-1)
 	restarted := time.Now()
 	t.Logf("Redis killed at %s, answering again at %s", killed.UTC().Format(time.RFC3339Nano), restarted.UTC().Format(time.RFC3339Nano))
 	outage, ids := checkOutageUpload(t, during)
@@ -505,8 +556,8 @@ func testRedisKill(t *testing.T, bin string) {
 	c.waitEvents(sio, docs, 90*time.Second)
 	checkClientEvents(t, sio, want, true)
 	c.stopAll()
-	t.Logf("Redis kill -9 after %d of 40 AI calls, down %v; an upload sent while it was down: %s; all %d accepted assets final with events sent %v after the restart (%d jobs ran more than once)",
-		callsAtKill, restarted.Sub(killed).Round(time.Millisecond), outage, len(accepted), settled.Sub(restarted).Round(time.Millisecond), twice)
+	t.Logf("Redis kill -9 after %d of %d AI calls, with %d held: half let finish during the outage, half as it ended; down %v; an upload sent while it was down: %s; all %d accepted assets final with events sent %v after the restart (%d jobs ran more than once)",
+		callsAtKill, total, concurrency, restarted.Sub(killed).Round(time.Millisecond), outage, len(accepted), settled.Sub(restarted).Round(time.Millisecond), twice)
 }
 
 // testRedisFlush: Redis loses every key (FLUSHALL) while jobs are in the AI
@@ -515,7 +566,7 @@ func testRedisKill(t *testing.T, bin string) {
 func testRedisFlush(t *testing.T, bin string) {
 	const total, concurrency = 20, 4
 	rs := startRedisServer(t)
-	ai := newGatedAI(t, 50*time.Millisecond)
+	ai := newHoldAI(t, 50*time.Millisecond, true)
 	uri, db := testenv.MongoURI(t)
 	c := newCluster(t, bin, "redis://"+rs.addr+"/0", uri, db, ai.fakeAI, map[string]string{"WORKER_CONCURRENCY": fmt.Sprint(concurrency)})
 	api := c.start("api")
@@ -539,7 +590,7 @@ func testRedisFlush(t *testing.T, bin string) {
 	for _, call := range ai.all() {
 		active[call.AssetID] = true
 	}
-	ai.open()
+	ai.release(-1)
 	accepted = append(accepted, uploadUntilAccepted(t, api.url, token, image, 5, 30*time.Second)...)
 
 	docs, settled := c.waitSettled(accepted, 150*time.Second)
