@@ -54,6 +54,7 @@ func TestCluster(t *testing.T) {
 			{"Redis kill -9 and restart with AOF", testRedisKill},
 			{"Redis FLUSHALL while assets are processing", testRedisFlush},
 			{"MongoDB-wire server restart", testMongoRestart},
+			{"an api cut off from Redis while events are published", testAPICutFromRedis},
 		} {
 			t.Run(c.name, func(t *testing.T) {
 				t.Parallel()
@@ -199,8 +200,17 @@ func (c *cluster) user(name string) (id, token string) {
 // its own ADDR and DATA_DIR, and waits until it is up.
 func (c *cluster) start(role string) *proc {
 	c.t.Helper()
+	return c.startWith(role, nil)
+}
+
+// startWith is start with some of the cluster's variables replaced.
+func (c *cluster) startWith(role string, extra map[string]string) *proc {
+	c.t.Helper()
 	env := map[string]string{"ADDR": freeAddr(c.t), "DATA_DIR": c.t.TempDir()}
 	for k, v := range c.env {
+		env[k] = v
+	}
+	for k, v := range extra {
 		env[k] = v
 	}
 	p := startNode(c.t, c.bin, role, env)
