@@ -1,7 +1,6 @@
 package ai
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -315,48 +314,8 @@ func (c *Client) readResponse(parent, ctx context.Context, resp *http.Response) 
 		}
 		return nil, terr
 	}
-	if len(data) > MaxResultBytes {
-		return nil, &Error{
-			Code:      CodeResponseTooLarge,
-			Permanent: true,
-			Message:   fmt.Sprintf("AI service result is larger than the %d KiB limit", MaxResultBytes>>10),
-		}
-	}
-	if !json.Valid(data) {
-		return nil, &Error{
-			Code:    CodeBadResponse,
-			Message: fmt.Sprintf("AI service returned invalid JSON (%d bytes): %s", len(data), c.snippet(data)),
-		}
-	}
-	if kind := jsonKind(data); kind != "object" {
-		return nil, &Error{
-			Code:      CodeBadResponse,
-			Permanent: true,
-			Message:   fmt.Sprintf("AI service returned a JSON %s; expected an object", kind),
-		}
-	}
-	var out bytes.Buffer
-	if err := json.Compact(&out, data); err != nil { // cannot fail on valid JSON
-		return nil, &Error{Code: CodeBadResponse, Message: "AI service returned invalid JSON", Err: err}
-	}
-	return out.Bytes(), nil
-}
+	return parseResponse(data, c.token) // MaxResultBytes+1 bytes are too large
 
-// jsonKind names the type of the valid JSON value data.
-func jsonKind(data []byte) string {
-	switch bytes.TrimLeft(data, " \t\r\n")[0] {
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case '"':
-		return "string"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
 }
 
 // statusError classifies a non-200 answer.
@@ -366,7 +325,8 @@ func (c *Client) statusError(resp *http.Response) error {
 	if s := c.snippet(body); s != "" {
 		detail = ": " + s
 	}
-	status := resp.Status
+	// The reason phrase is the service's own text: it may hold anything.
+	status := snippet([]byte(resp.Status), c.token)
 	if status == "" {
 		status = strconv.Itoa(resp.StatusCode)
 	}
@@ -399,9 +359,13 @@ func (c *Client) retryAfter(v string) (time.Duration, bool) {
 		return 0, false
 	}
 	var d time.Duration
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs > int64(MaxRetryAfter/time.Second) {
-			return MaxRetryAfter, true
+	if strings.Trim(v, "0123456789") == "" {
+		// delay-seconds is 1*DIGIT (RFC 9110 §10.2.3): no sign, which
+		// ParseInt would take, nor a negative count whose product with
+		// time.Second wraps around to a long positive delay.
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || secs > uint64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter, true // too many digits for a uint64 is still a long delay
 		}
 		d = time.Duration(secs) * time.Second
 	} else if t, err := http.ParseTime(v); err == nil {
@@ -419,11 +383,20 @@ func (c *Client) retryAfter(v string) (time.Duration, bool) {
 // line of printable text, at most maxSnippet bytes, the token redacted.
 const maxSnippet = 200
 
-func (c *Client) snippet(body []byte) string {
+func (c *Client) snippet(body []byte) string { return snippet(body, c.token) }
+
+func snippet(body []byte, token string) string {
 	text := string(body)
-	if c.token != "" {
-		text = strings.ReplaceAll(text, c.token, "[redacted]")
+	if token != "" {
+		text = strings.ReplaceAll(text, token, "[redacted]")
 	}
+	return printable(text, maxSnippet)
+}
+
+// printable renders text as one line of printable UTF-8 of at most max bytes
+// (plus an ellipsis when cut): invalid bytes, control and format characters
+// (bidi overrides, NUL, escapes) and runs of space become one space.
+func printable(text string, max int) string {
 	var b strings.Builder
 	space := false
 	for _, r := range text {
@@ -435,7 +408,7 @@ func (c *Client) snippet(body []byte) string {
 			b.WriteByte(' ')
 			space = false
 		}
-		if b.Len()+utf8.RuneLen(r) > maxSnippet {
+		if b.Len()+utf8.RuneLen(r) > max {
 			b.WriteString("…")
 			break
 		}

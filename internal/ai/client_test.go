@@ -1,6 +1,7 @@
 package ai_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/ai"
 )
@@ -260,6 +263,13 @@ func TestClientClassifiesStatuses(t *testing.T) {
 		{name: "429 Retry-After far date capped", status: 429, retryAfter: now.Add(48 * time.Hour).Format(http.TimeFormat), wantCode: ai.CodeRateLimited, wantDelay: ai.MaxRetryAfter},
 		{name: "429 Retry-After in the past", status: 429, retryAfter: now.Add(-time.Minute).Format(http.TimeFormat), wantCode: ai.CodeRateLimited},
 		{name: "429 Retry-After garbage", status: 429, retryAfter: "soon", wantCode: ai.CodeRateLimited},
+		// delay-seconds is digits only: a negative count must not wrap
+		// around time.Duration into a long positive delay.
+		{name: "429 Retry-After negative overflow", status: 429, retryAfter: "-9223372037", wantCode: ai.CodeRateLimited},
+		{name: "429 Retry-After most negative", status: 429, retryAfter: "-9223372036854775808", wantCode: ai.CodeRateLimited},
+		{name: "429 Retry-After signed", status: 429, retryAfter: "+30", wantCode: ai.CodeRateLimited},
+		{name: "429 Retry-After exponent", status: 429, retryAfter: "1e3", wantCode: ai.CodeRateLimited},
+		{name: "429 Retry-After beyond uint64", status: 429, retryAfter: "99999999999999999999999", wantCode: ai.CodeRateLimited, wantDelay: ai.MaxRetryAfter},
 		{name: "408", status: 408, wantCode: ai.CodeTimeout, wantInMessage: "408"},
 		{name: "400", status: 400, body: `{"error":"image too small"}`, wantCode: ai.CodeRejected, wantPermanent: true, wantInMessage: `(400 Bad Request): {"error":"image too small"}`},
 		{name: "401", status: 401, wantCode: ai.CodeRejected, wantPermanent: true, wantInMessage: "401 Unauthorized"},
@@ -319,8 +329,15 @@ func TestClientValidatesTheResult(t *testing.T) {
 		wantPermanent bool
 	}{
 		{name: "object at the cap", body: exact},
-		{name: "invalid JSON", body: `{"labels": ["ca`, wantCode: ai.CodeBadResponse},
-		{name: "empty body", body: ``, wantCode: ai.CodeBadResponse},
+		{name: "invalid JSON", body: `{"labels": ["ca`, wantCode: ai.CodeBadResponse, wantPermanent: true},
+		{name: "empty body", body: ``, wantCode: ai.CodeBadResponse, wantPermanent: true},
+		// Defects of a hostile review: each was stored as a draft, or
+		// failed in the store and was retried until the job died.
+		{name: "invalid UTF-8", body: "{\"label\":\"caf\xe9\"}", wantCode: ai.CodeBadResponse, wantPermanent: true},
+		{name: "1500-deep object", body: nested(1500), wantCode: ai.CodeBadResponse, wantPermanent: true},
+		{name: "error envelope", body: `{"error":"model overloaded"}`, wantCode: ai.CodeBadResponse, wantPermanent: true},
+		{name: "status error", body: `{"status":"error","message":"no card"}`, wantCode: ai.CodeBadResponse, wantPermanent: true},
+		{name: "NUL", body: `{"a":"\u0000"}`, wantCode: ai.CodeBadResponse, wantPermanent: true},
 		{name: "array", body: `[{"label":"card"}]`, wantCode: ai.CodeBadResponse, wantPermanent: true},
 		{name: "string", body: `"card"`, wantCode: ai.CodeBadResponse, wantPermanent: true},
 		{name: "null", body: `null`, wantCode: ai.CodeBadResponse, wantPermanent: true},
@@ -511,5 +528,78 @@ func TestNewClientRejectsBadURLs(t *testing.T) {
 	_, err := ai.NewClient(ai.ClientConfig{BaseURL: "gopher://user:hunter2@ai/"})
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("NewClient error %v: want one without the password", err)
+	}
+}
+
+// TestClientQuotesRemoteTextSafely: the reason phrase of a status line and
+// the text of a 200 error envelope are the service's own bytes; the messages
+// that quote them reach users, stores and websocket frames, so they must be
+// printable UTF-8 without the token.
+func TestClientQuotesRemoteTextSafely(t *testing.T) {
+	t.Parallel()
+	hostile := "Slow\xff\xfe Down\x00\x1b[31m\u202e " + testToken
+	t.Run("reason phrase", func(t *testing.T) {
+		t.Parallel()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			// net/http hands the status line's reason phrase over as sent.
+			io.WriteString(c, "HTTP/1.1 503 "+hostile+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		}()
+		c := newClient(t, "http://"+ln.Addr().String(), testToken, 5*time.Second, nil)
+		_, err = c.Analyze(t.Context(), ai.Image{AssetID: "a", ContentType: "image/jpeg", Body: strings.NewReader("jpeg")})
+		if ai.Code(err) != ai.CodeUnavailable {
+			t.Fatalf("Analyze: %v (code %q); want %s", err, ai.Code(err), ai.CodeUnavailable)
+		}
+		checkSafeMessage(t, err.Error(), "Slow Down")
+	})
+	t.Run("error envelope", func(t *testing.T) {
+		t.Parallel()
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			// Valid JSON, so that the envelope, not the syntax, is refused.
+			text := strings.NewReplacer("\xff\xfe", "", "\x00", "", "\x1b", `\u001b`).Replace(hostile)
+			io.WriteString(w, `{"label":"card","error":"`+text+`"}`)
+		}))
+		defer srv.Close()
+		c := newClient(t, srv.URL, testToken, 5*time.Second, nil)
+		_, err := c.Analyze(t.Context(), ai.Image{AssetID: "a", ContentType: "image/jpeg", Body: strings.NewReader("jpeg")})
+		if ai.Code(err) != ai.CodeBadResponse || !ai.IsPermanent(err) {
+			t.Fatalf("Analyze: %v (code %q); want a permanent %s", err, ai.Code(err), ai.CodeBadResponse)
+		}
+		if !strings.Contains(err.Error(), "error report") {
+			t.Errorf("message %q does not say the answer was an error report", err)
+		}
+		checkSafeMessage(t, err.Error(), "Slow Down")
+	})
+}
+
+func checkSafeMessage(t *testing.T, msg, want string) {
+	t.Helper()
+	if !utf8.ValidString(msg) {
+		t.Errorf("message is not valid UTF-8: %q", msg)
+	}
+	if strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		t.Errorf("message holds unprintable characters: %q", msg)
+	}
+	if strings.Contains(msg, testToken) {
+		t.Errorf("message leaks the token: %q", msg)
+	}
+	if !strings.Contains(msg, want) || !strings.Contains(msg, "[redacted]") {
+		t.Errorf("message %q does not quote %q with the token redacted", msg, want)
 	}
 }

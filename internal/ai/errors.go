@@ -15,7 +15,7 @@ const (
 	CodeTimeout          = "ai_timeout"            // no answer within AI_TIMEOUT, or 408
 	CodeRateLimited      = "ai_rate_limited"       // 429
 	CodeRejected         = "ai_rejected"           // AI service refused the request (4xx)
-	CodeBadResponse      = "ai_bad_response"       // 200 that is not a JSON object, or an unexpected status
+	CodeBadResponse      = "ai_bad_response"       // 200 that ParseResponse refuses, or an unexpected status
 	CodeResponseTooLarge = "ai_response_too_large" // result over MaxResultBytes
 	CodeCanceled         = "ai_canceled"           // the caller's context was canceled
 	CodeImageUndecodable = "image_undecodable"     // header or pixel data broken
@@ -34,7 +34,8 @@ type Error struct {
 	// Code is one of the Code* constants.
 	Code string
 	// Message is shown to the uploader; it must hold no secret and no more than
-	// a short snippet of a remote body. Empty means Err's text is safe to show.
+	// a short snippet of a remote body. Err's text is never shown: when no
+	// *Error in the chain has a Message, UserMessage gives a generic one.
 	Message string
 	// Permanent means retrying cannot help.
 	Permanent bool
@@ -107,6 +108,26 @@ func Code(err error) string {
 		return CodeCanceled
 	}
 	return CodeInternal
+}
+
+// maxUserMessage bounds the text UserMessage returns.
+const maxUserMessage = 300
+
+// UserMessage returns the text to show the uploader for err: the Message of
+// the outermost *Error in err's chain that has one, or a generic sentence.
+// It never returns the text of an error this package did not write for users
+// (a store's, a queue's, a library's), and what it returns is one line of
+// printable UTF-8 of at most 300 bytes, whatever a Message holds.
+func UserMessage(err error) string {
+	for e := (*Error)(nil); errors.As(err, &e); err = e.Err {
+		if e.Message != "" {
+			if m := printable(e.Message, maxUserMessage); m != "" {
+				return m
+			}
+			break
+		}
+	}
+	return "the analysis failed"
 }
 
 // contextError classifies the end of the caller's ctx: retryable, because the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,5 +77,37 @@ func TestRetryAfterThroughWrapping(t *testing.T) {
 	}
 	if d, _ := ai.RetryAfter(&ai.Error{RetryAfter: time.Hour}); d != ai.MaxRetryAfter {
 		t.Errorf("RetryAfter of an hour = %v; want the cap %v", d, ai.MaxRetryAfter)
+	}
+}
+
+// TestUserMessageShowsOnlyTextWrittenForUsers: the asset's error message
+// comes from UserMessage, so the text of a store's, queue's or library's
+// error (SQL, file paths, hosts) must never come out of it.
+func TestUserMessageShowsOnlyTextWrittenForUsers(t *testing.T) {
+	t.Parallel()
+	sqlErr := errors.New("sqlite: CHECK constraint failed: ai_metadata IS NULL OR json_valid(ai_metadata)")
+	long := strings.Repeat("é", 400)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"message", &ai.Error{Code: ai.CodeRejected, Message: "AI service rejected the image (400)", Err: sqlErr}, "AI service rejected the image (400)"},
+		{"permanent keeps the inner message", ai.Permanent(&ai.Error{Code: ai.CodeTimeout, Message: "AI service timed out"}), "AI service timed out"},
+		{"wrapped", fmt.Errorf("job 7: %w", &ai.Error{Code: ai.CodeTimeout, Message: "AI service timed out"}), "AI service timed out"},
+		{"plain error", sqlErr, "the analysis failed"},
+		{"wrapped plain error", fmt.Errorf("record outcome: %w", sqlErr), "the analysis failed"},
+		{"permanent plain error", ai.Permanent(sqlErr), "the analysis failed"},
+		{"no message, cause with text", &ai.Error{Code: ai.CodeInternal, Err: sqlErr}, "the analysis failed"},
+		{"unprintable message", &ai.Error{Message: "bad\xff\x00\x1b[31m\u202e answer"}, "bad [31m answer"},
+		{"nothing printable", &ai.Error{Message: "\x00\xff"}, "the analysis failed"},
+		{"long message", &ai.Error{Message: long}, strings.Repeat("é", 150) + "…"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := ai.UserMessage(tc.err); got != tc.want {
+				t.Errorf("UserMessage = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -1,11 +1,13 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/asset"
 )
@@ -42,6 +44,12 @@ func toJSON(a *asset.Asset) assetJSON {
 	if len(j.AIMetadata) == 0 {
 		j.AIMetadata = json.RawMessage("null")
 	}
+	// Rows stored before results were validated may hold invalid UTF-8,
+	// which a RawMessage would pass on and strict clients refuse. Outside
+	// strings it is a syntax error, so replacing it keeps the JSON valid.
+	if !utf8.Valid(j.AIMetadata) {
+		j.AIMetadata = bytes.ToValidUTF8(j.AIMetadata, []byte("\uFFFD"))
+	}
 	if a.ProcessedAt != nil {
 		p := rfc3339(*a.ProcessedAt)
 		j.ProcessedAt = &p
@@ -59,7 +67,7 @@ func (s *Server) ownAsset(w http.ResponseWriter, r *http.Request) (*asset.Asset,
 	}
 	switch {
 	case errors.Is(err, asset.ErrNotFound):
-		s.writeError(w, r, errorf(codeNotFound, "no asset %q", id))
+		s.writeError(w, r, errorf(codeNotFound, "no asset %s", quoted(id)))
 		return nil, false
 	case err != nil:
 		s.writeError(w, r, internalError(codeUnavailable, err))

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 
@@ -182,7 +184,9 @@ func TestListAssets(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
 		a, b := newAsset("u1", asset.StatusDraft, at), newAsset("u1", asset.StatusProcessing, at.Add(-time.Hour))
-		e.assets.set(func(f *fakeAssets) { f.page = asset.Page{Assets: []*asset.Asset{a, b}} })
+		e.assets.put(b)
+		e.assets.put(a)
+		e.assets.put(newAsset("u2", asset.StatusDraft, at.Add(time.Hour)))
 		r := e.get(t, "/api/assets", e.token(t, "u1", ""))
 		if r.StatusCode != http.StatusOK {
 			t.Fatalf("status %d: %s", r.StatusCode, r.Body)
@@ -210,14 +214,48 @@ func TestListAssets(t *testing.T) {
 	t.Run("next cursor", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
-		e.assets.set(func(f *fakeAssets) {
-			f.page = asset.Page{Assets: []*asset.Asset{newAsset("u1", asset.StatusFailed, at)}, Next: "opaque-cursor"}
-		})
-		r := e.get(t, "/api/assets?limit=1", e.token(t, "u1", ""))
-		var got listBody
-		decodeStrict(t, r.Body, &got)
-		if got.NextCursor == nil || *got.NextCursor != "opaque-cursor" {
-			t.Errorf("nextCursor %v, want opaque-cursor", got.NextCursor)
+		newer, older := newAsset("u1", asset.StatusFailed, at), newAsset("u1", asset.StatusDraft, at.Add(-time.Minute))
+		e.assets.put(newer)
+		e.assets.put(older)
+		var first, second listBody
+		decodeStrict(t, e.get(t, "/api/assets?limit=1", e.token(t, "u1", "")).Body, &first)
+		if len(first.Assets) != 1 || first.Assets[0].ID != newer.ID || first.NextCursor == nil {
+			t.Fatalf("first page %+v: want the newer asset and a cursor", first)
+		}
+		decodeStrict(t, e.get(t, "/api/assets?limit=1&cursor="+url.QueryEscape(*first.NextCursor), e.token(t, "u1", "")).Body, &second)
+		if len(second.Assets) != 1 || second.Assets[0].ID != older.ID || second.NextCursor != nil {
+			t.Errorf("second page %+v: want the older asset and no cursor", second)
+		}
+	})
+	// Against a store that honours the query, the reply shows only the
+	// caller's assets of the asked status: checked on what comes back, not
+	// only on what the store was asked.
+	t.Run("only the caller's assets of the asked status", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		mine := map[asset.Status]*asset.Asset{}
+		for i, st := range []asset.Status{asset.StatusProcessing, asset.StatusDraft, asset.StatusFailed} {
+			mine[st] = newAsset("u1", st, at.Add(time.Duration(i)*time.Minute))
+			e.assets.put(mine[st])
+			e.assets.put(newAsset("u2", st, at.Add(time.Duration(i)*time.Minute)))
+		}
+		for _, st := range []asset.Status{asset.StatusProcessing, asset.StatusDraft, asset.StatusFailed} {
+			var got listBody
+			decodeStrict(t, e.get(t, "/api/assets?status="+string(st), e.token(t, "u1", "")).Body, &got)
+			if len(got.Assets) != 1 {
+				t.Fatalf("status=%s: %d assets, want u1's one", st, len(got.Assets))
+			}
+			wantAsset(t, got.Assets[0], mine[st])
+		}
+		var all listBody
+		decodeStrict(t, e.get(t, "/api/assets", e.token(t, "u1", "")).Body, &all)
+		if len(all.Assets) != 3 {
+			t.Fatalf("%d assets, want u1's 3", len(all.Assets))
+		}
+		for _, a := range all.Assets {
+			if a.UserID != "u1" {
+				t.Errorf("u1's list shows %s's asset %s", a.UserID, a.ID)
+			}
 		}
 	})
 
@@ -230,16 +268,20 @@ func TestListAssets(t *testing.T) {
 		{"status=processing", asset.ListQuery{Limit: 20, Status: asset.StatusProcessing}},
 		{"status=draft&limit=5", asset.ListQuery{Limit: 5, Status: asset.StatusDraft}},
 		{"status=failed", asset.ListQuery{Limit: 20, Status: asset.StatusFailed}},
-		{"cursor=abc&limit=7", asset.ListQuery{Limit: 7, After: "abc"}},
+		{"cursor=fake-cursor:ID&limit=7", asset.ListQuery{Limit: 7, After: "fake-cursor:ID"}}, // ID: an asset's, issued by the fake
 	}
 	for _, c := range valid {
 		t.Run(c.query, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			if r := e.get(t, "/api/assets?"+c.query, e.token(t, "u2", "")); r.StatusCode != http.StatusOK {
+			a := newAsset("u2", asset.StatusDraft, at)
+			e.assets.put(a)
+			query, want := strings.ReplaceAll(c.query, "ID", a.ID), c.want
+			want.After = strings.ReplaceAll(want.After, "ID", a.ID)
+			if r := e.get(t, "/api/assets?"+query, e.token(t, "u2", "")); r.StatusCode != http.StatusOK {
 				t.Fatalf("status %d: %s", r.StatusCode, r.Body)
 			}
-			if calls := e.assets.listCalls(); len(calls) != 1 || calls[0] != (listCall{"u2", c.want}) {
+			if calls := e.assets.listCalls(); len(calls) != 1 || calls[0] != (listCall{"u2", want}) {
 				t.Errorf("List calls %+v, want %+v", calls, c.want)
 			}
 		})
@@ -260,7 +302,6 @@ func TestListAssets(t *testing.T) {
 	t.Run("cursor the store did not issue", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
-		e.assets.set(func(f *fakeAssets) { f.err = asset.ErrInvalidCursor })
 		b := e.get(t, "/api/assets?cursor=forged", e.token(t, "u1", "")).wantError(t, 400, "bad_request")
 		if !strings.Contains(b.Error.Message, "cursor") {
 			t.Errorf("message %q does not name the cursor", b.Error.Message)
@@ -299,6 +340,19 @@ func TestRetryAsset(t *testing.T) {
 		if rs := e.intake.resubmitCalls(); len(rs) != 1 || rs[0] != a.ID+" "+got.ProcessingJobID {
 			t.Errorf("Resubmit calls %v, want %s with the job id of the reply", rs, a.ID)
 		}
+		// The reply is the resubmitted asset as stored: the previous
+		// attempts and outcome are gone, as a GET shows.
+		if got.Attempts != 0 || string(got.AIMetadata) != "null" {
+			t.Errorf("after retry: attempts %d, aiMetadata %s; want 0 and null", got.Attempts, got.AIMetadata)
+		}
+		stored, err := e.assets.Get(context.Background(), a.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantAsset(t, got, stored)
+		var fetched assetBody
+		decodeStrict(t, e.get(t, "/api/assets/"+a.ID, e.token(t, "u1", "")).Body, &fetched)
+		wantAsset(t, fetched, stored)
 	})
 	for _, st := range []asset.Status{asset.StatusProcessing, asset.StatusDraft} {
 		t.Run(string(st)+" is a conflict", func(t *testing.T) {
@@ -359,5 +413,34 @@ func TestReadyzDown(t *testing.T) {
 	b := e.get(t, "/readyz", "").wantError(t, 503, "unavailable")
 	if strings.Contains(b.Error.Message, "sqlite") {
 		t.Errorf("the 503 leaks its cause: %q", b.Error.Message)
+	}
+}
+
+// TestNotFoundDoesNotEchoALongID: the 404 quotes a short start of the id
+// from the path, not all of it.
+func TestNotFoundDoesNotEchoALongID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.get(t, "/api/assets/"+strings.Repeat("%FE", 20_000), e.token(t, "u1", ""), doOptions{noRequestCheck: true})
+	b := r.wantError(t, 404, "not_found")
+	if len(r.Body) > 1024 || !strings.HasPrefix(b.Error.Message, `no asset "\xfe`) {
+		t.Errorf("a 404 of %d bytes: %.200s", len(r.Body), r.Body)
+	}
+}
+
+// TestLegacyInvalidUTF8ResultIsServedValid: a result stored before results
+// were validated may hold invalid UTF-8; the API serves it replaced, so that
+// strict decoders (Swift's JSONDecoder, Python's) can read the page.
+func TestLegacyInvalidUTF8ResultIsServedValid(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a := newAsset("u1", asset.StatusDraft, time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC))
+	a.AIMetadata = json.RawMessage("{\"label\":\"Pok\xe9mon\"}")
+	e.assets.put(a)
+	for _, path := range []string{"/api/assets/" + a.ID, "/api/assets"} {
+		r := e.get(t, path, e.token(t, "u1", ""))
+		if r.StatusCode != http.StatusOK || !utf8.Valid(r.Body) || !strings.Contains(string(r.Body), "Pok\uFFFDmon") {
+			t.Errorf("GET %s: %d %q; want 200, valid UTF-8, the bad byte replaced", path, r.StatusCode, r.Body)
+		}
 	}
 }

@@ -2,7 +2,9 @@ package httpapi_test
 
 import (
 	"context"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,12 +30,13 @@ type listCall struct {
 	Query  asset.ListQuery
 }
 
-// fakeAssets is a map of assets; List answers with page or err, whatever the
-// query, and records the query.
+// fakeAssets is a map of assets. List keeps asset.Store's contract as the
+// stores do: the user's own assets only, filtered by status, newest first
+// (createdAt, then id, descending), at most Limit, with an opaque cursor it
+// issued (anything else is asset.ErrInvalidCursor). It records every call.
 type fakeAssets struct {
 	mu     sync.Mutex
 	byID   map[string]*asset.Asset
-	page   asset.Page
 	err    error // returned by List
 	getErr error // returned by Get when set
 	lists  []listCall
@@ -66,7 +69,37 @@ func (f *fakeAssets) List(_ context.Context, userID string, q asset.ListQuery) (
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists = append(f.lists, listCall{userID, q})
-	return f.page, f.err
+	if f.err != nil {
+		return asset.Page{}, f.err
+	}
+	newer := func(a, b *asset.Asset) int { // newest first
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	}
+	var after *asset.Asset
+	if q.After != "" {
+		id, ok := strings.CutPrefix(q.After, "fake-cursor:")
+		if after = f.byID[id]; !ok || after == nil {
+			return asset.Page{}, asset.ErrInvalidCursor
+		}
+	}
+	var mine []*asset.Asset
+	for _, a := range f.byID {
+		if a.UserID == userID && (q.Status == "" || a.Status == q.Status) && (after == nil || newer(after, a) < 0) {
+			c := *a
+			mine = append(mine, &c)
+		}
+	}
+	slices.SortFunc(mine, newer)
+	var page asset.Page
+	if len(mine) > q.Limit {
+		mine = mine[:q.Limit]
+		page.Next = "fake-cursor:" + mine[len(mine)-1].ID
+	}
+	page.Assets = mine
+	return page, nil
 }
 
 func (f *fakeAssets) listCalls() []listCall {
@@ -82,7 +115,8 @@ type submission struct {
 }
 
 // fakeIntake records submissions. Resubmit moves a failed asset of its
-// fakeAssets back to processing, as the real intake does in one transaction.
+// fakeAssets back to processing, resetting what the real intake resets
+// (sqlitestore.ReprocessTx): the outcome, the attempts and the owed event.
 type fakeIntake struct {
 	assets *fakeAssets
 
@@ -136,6 +170,7 @@ func (f *fakeIntake) Resubmit(ctx context.Context, assetID, newJobID string) (*a
 		return nil, asset.ErrConflict
 	}
 	a.Status, a.ProcessingJobID, a.Error, a.AIMetadata, a.ProcessedAt = asset.StatusProcessing, newJobID, nil, nil, nil
+	a.Attempts, a.EventID, a.EventPending = 0, "", false
 	a.UpdatedAt = f.now
 	f.assets.put(a)
 	return a, nil

@@ -52,7 +52,8 @@ type Limits struct {
 	// MinBodyRate is the progress deadline of a request body: at least
 	// MinBodyBytes must arrive in every BodyWindow, or the request is cut
 	// off with 408. It stops a client that trickles bytes to hold a
-	// connection, without cutting off a phone on a slow network.
+	// connection, without cutting off a phone on a slow network. Every
+	// other request body must arrive within one BodyWindow.
 	MinBodyBytes int64
 	BodyWindow   time.Duration
 }
@@ -136,7 +137,7 @@ func (s *Server) routes() {
 	})
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.boundBody(w, r) }
 
 func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="klectr"`)

@@ -13,6 +13,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -160,7 +161,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) ([]stored, *api
 		if errors.Is(err, io.EOF) {
 			// multipart.Reader also says io.EOF for a body cut short
 			// after a delimiter, or in which the boundary never occurs.
-			return files, errorf(codeBadRequest, "the multipart body ends without its closing boundary %q", "--"+params["boundary"]+"--")
+			return files, errorf(codeBadRequest, "the multipart body ends without its closing boundary %s", quoted("--"+params["boundary"]+"--"))
 		}
 		if err != nil {
 			return files, s.bodyError(lim, body.err, err)
@@ -173,13 +174,13 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) ([]stored, *api
 		}
 		if part.FormName() != uploadField {
 			if part.FileName() != "" {
-				return files, errorf(codeBadRequest, "unknown file field %q; send images in field %q", part.FormName(), uploadField)
+				return files, errorf(codeBadRequest, "unknown file field %s; send images in field %q", quoted(part.FormName()), uploadField)
 			}
 			// A plain text field: read and ignore, bounded.
 			if n, err := io.Copy(io.Discard, io.LimitReader(part, maxTextField+1)); err != nil {
 				return files, s.bodyError(lim, body.err, err)
 			} else if n > maxTextField {
-				return files, errorf(codeBadRequest, "form field %q is longer than %d bytes", part.FormName(), maxTextField)
+				return files, errorf(codeBadRequest, "form field %s is longer than %d bytes", quoted(part.FormName()), maxTextField)
 			}
 			continue
 		}
@@ -258,7 +259,32 @@ func (s *Server) bodyError(lim Limits, readErr, err error) *apiError {
 	case errors.Is(readErr, os.ErrDeadlineExceeded):
 		return errorf(codeRequestTimeout, "the upload stalled: less than %s arrived in %s", formatBytes(lim.MinBodyBytes), lim.BodyWindow)
 	}
-	return errorf(codeBadRequest, "the multipart body is malformed: %v", err)
+	// The parser's error may quote the client's bytes (a malformed header
+	// line of megabytes): the reply keeps a short, valid start of it.
+	return errorf(codeBadRequest, "the multipart body is malformed: %s", shorten(strings.ToValidUTF8(err.Error(), "\uFFFD"), 200))
+}
+
+// quoted renders text from the client for an error message: Go-quoted, so
+// that any bytes come out as printable UTF-8, and cut to its first 64 bytes,
+// so that a reply never grows with what the client sent.
+func quoted(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(shorten(s, max))
+}
+
+// shorten cuts s to at most max bytes at a rune start, marking the cut.
+func shorten(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // progressReader extends the connection's read deadline each time min more
@@ -326,14 +352,14 @@ func (c *countingReader) Read(b []byte) (int, error) {
 
 // cleanFilename keeps the client's file name as data only: valid UTF-8, no
 // control or bidi-control characters (U+202E would disguise "gpj.exe"), no
-// directory part, at most 255 bytes.
+// line or paragraph separator, no directory part, at most 255 bytes.
 func cleanFilename(name string) string {
 	name = strings.ToValidUTF8(name, "")
 	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
 		name = name[i+1:]
 	}
 	name = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == '/' || r == '\\' {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Bidi_Control, unicode.Zl, unicode.Zp) || r == '/' || r == '\\' {
 			return -1
 		}
 		return r

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -281,6 +282,11 @@ func TestUploadIsDecidedByBytes(t *testing.T) {
 		{"newline", `form-data; name="images"; filename*=UTF-8''a%0D%0Ab.jpg`, "ab.jpg"},
 		{"encoded traversal", `form-data; name="images"; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd`, "passwd"},
 		{"encoded backslashes", `form-data; name="images"; filename*=UTF-8''C%3A%5Cx%5Cy.jpg`, "y.jpg"},
+		{"invalid utf-8", `form-data; name="images"; filename*=UTF-8''caf%E9.jpg`, "caf.jpg"},
+		{"high byte as us-ascii", `form-data; name="images"; filename*=us-ascii''caf%E9%FF.jpg`, "caf.jpg"},
+		{"utf-8-encoded surrogate", `form-data; name="images"; filename*=UTF-8''a%ED%A0%80b.jpg`, "ab.jpg"},
+		{"line and paragraph separators", `form-data; name="images"; filename*=UTF-8''a%E2%80%A8b%E2%80%A9c.jpg`, "abc.jpg"},
+		{"bidi override", `form-data; name="images"; filename*=UTF-8''photo%E2%80%AEgpj.exe`, "photogpj.exe"},
 	}
 	for _, c := range encoded {
 		t.Run("rfc 2231 "+c.name, func(t *testing.T) {
@@ -660,5 +666,132 @@ func TestUploadLimiterSeesTheTokenSubject(t *testing.T) {
 	e.upload(t, e.token(t, "subject-42", ""), multipartBody(t, false, files(t, "valid/basn0g01.png")...))
 	if u := e.limiter.asked(); len(u) != 1 || u[0] != "subject-42" {
 		t.Errorf("limiter asked about %v, want [subject-42]", u)
+	}
+}
+
+// TestUploadLimitsAreInclusive: a file of exactly MAX_FILE_BYTES and an image
+// of exactly MAX_PIXELS are accepted (the limits are "at most"); one more
+// byte or pixel is refused, by the cases in TestUploadRefusals and here.
+func TestUploadLimitsAreInclusive(t *testing.T) {
+	t.Parallel()
+	jpg := expect(t, "valid/go-turns-two-280x360.jpeg")
+	size, pixels := int64(len(jpg.data)), int64(jpg.width*jpg.height)
+	for _, tc := range []struct {
+		name   string
+		limits func(*httpapi.Limits)
+	}{
+		{"file of exactly MAX_FILE_BYTES", func(l *httpapi.Limits) { l.MaxFileBytes = size }},
+		{"image of exactly MAX_PIXELS", func(l *httpapi.Limits) { l.MaxPixels = pixels }},
+		{"both at once", func(l *httpapi.Limits) { l.MaxFileBytes, l.MaxPixels = size, pixels }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, withLimits(*limits(tc.limits)))
+			body := multipartBody(t, false, part{field: "images", filename: jpg.name, contentType: "image/jpeg", data: jpg.data})
+			checkAccepted(t, e, "u1", []upFile{jpg}, e.upload(t, e.token(t, "u1", ""), body))
+		})
+	}
+	t.Run("one pixel over MAX_PIXELS", func(t *testing.T) {
+		t.Parallel()
+		c := refusal{limits: limits(func(l *httpapi.Limits) { l.MaxPixels = pixels - 1 }),
+			status: 422, code: "invalid_image", index: 0, msg: []string{"280x360"},
+			body: func(t *testing.T) []byte { return multipartBody(t, false, filePart("a.jpg", jpg.data)) }}
+		c.run(t)
+	})
+}
+
+// TestUploadPixelCapCoversEveryFormat: MAX_PIXELS is decided from the header
+// for every accepted format, not only those a decoder later reads in full
+// (nothing downstream decodes HEIC). The headers are real fixtures with
+// their dimensions rewritten to a bomb's.
+func TestUploadPixelCapCoversEveryFormat(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, fixture, size string
+		patch               func(t *testing.T, b []byte)
+	}{
+		{"heic, ispe 30000x30000", "valid/video-001.heic", "30000x30000", func(t *testing.T, b []byte) {
+			n := 0
+			for i := bytes.Index(b, []byte("ispe")); i >= 0; {
+				// ispe: version and flags, then width and height, big-endian.
+				binary.BigEndian.PutUint32(b[i+8:], 30000)
+				binary.BigEndian.PutUint32(b[i+12:], 30000)
+				n++
+				j := bytes.Index(b[i+4:], []byte("ispe"))
+				if j < 0 {
+					break
+				}
+				i += 4 + j
+			}
+			if n == 0 {
+				t.Fatal("no ispe box in the fixture")
+			}
+		}},
+		{"webp lossless, 16384x16384", "valid/tux.lossless.webp", "16384x16384", func(t *testing.T, b []byte) {
+			if string(b[12:16]) != "VP8L" || b[20] != 0x2f {
+				t.Fatal("the fixture is not a simple VP8L file")
+			}
+			// 14 bits of width-1, 14 of height-1, then alpha and version.
+			v := binary.LittleEndian.Uint32(b[21:])
+			binary.LittleEndian.PutUint32(b[21:], v&^(1<<28-1)|16383|16383<<14)
+		}},
+		{"webp lossy, one pixel over a small MAX_PIXELS", "valid/video-001.lossy.webp", "150x103", nil},
+		{"heic, one pixel over a small MAX_PIXELS", "valid/video-001.heic", "150x103", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			data := bytes.Clone(fixture(t, tc.fixture))
+			lim := limits(func(*httpapi.Limits) {})
+			if tc.patch != nil {
+				tc.patch(t, data)
+			} else {
+				lim.MaxPixels = 150*103 - 1
+			}
+			c := refusal{limits: lim, status: 422, code: "invalid_image", index: 0, msg: []string{"image 0", tc.size},
+				body: func(t *testing.T) []byte { return multipartBody(t, false, filePart("photo", data)) }}
+			c.run(t)
+		})
+	}
+}
+
+// TestUploadErrorsDoNotEchoWhatTheClientSent: a message that quotes the
+// client's text (a field name, a header line, the boundary) quotes a short,
+// valid UTF-8 start of it; 100 KB sent used to come back as 500 KB of
+// escapes.
+func TestUploadErrorsDoNotEchoWhatTheClientSent(t *testing.T) {
+	t.Parallel()
+	jpg := fixture(t, "valid/go-turns-two-280x360.jpeg")
+	junk := strings.Repeat("\xfe", 100_000)
+	for _, tc := range []struct {
+		name, contentType string
+		body              []byte
+		want              string
+	}{
+		{"file in a huge unknown field", multipartType,
+			multipartBody(t, false, part{disposition: `form-data; name="` + junk + `"; filename="a.jpg"`, data: jpg}), "unknown file field"},
+		{"huge text field name, too long a value", multipartType,
+			multipartBody(t, false, part{disposition: `form-data; name="` + junk + `"`, data: bytes.Repeat([]byte("x"), 65<<10)}), "is longer than"},
+		{"huge malformed header line", multipartType,
+			[]byte("--" + testBoundary + "\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.jpg\"\r\n" + junk + "\r\n\r\nxx\r\n--" + testBoundary + "--\r\n"),
+			"malformed"},
+		{"long boundary, never closed", "multipart/form-data; boundary=" + strings.Repeat("b", 2000),
+			[]byte("--" + strings.Repeat("b", 2000) + "\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--" + strings.Repeat("b", 2000) + "\r\n"),
+			"closing boundary"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			req := e.request(t, http.MethodPost, "/api/assets/analyze-queue", e.token(t, "u1", ""), bytes.NewReader(tc.body))
+			req.Header.Set("Content-Type", tc.contentType)
+			r := e.do(t, req)
+			b := r.wantError(t, 400, "bad_request")
+			if len(r.Body) > 1024 || len(b.Error.Message) > 400 {
+				t.Errorf("the reply is %d bytes for a request of %d: %s", len(r.Body), len(tc.body), r.Body)
+			}
+			if !strings.Contains(b.Error.Message, tc.want) {
+				t.Errorf("message %q: want it to say %q", b.Error.Message, tc.want)
+			}
+			e.wantNothingKept(t)
+		})
 	}
 }

@@ -15,18 +15,24 @@
 //     be decoded) fail the asset at once; retryable ones are retried by the
 //     queue with backoff, honouring the AI service's Retry-After, and the
 //     last attempt fails the asset.
+//   - An AI outage costs waiting, not attempts: while the Analyzer's
+//     circuit breaker (ai.Breaker) is open, or when it takes a failure as
+//     part of an outage, the job is snoozed (queue.Snooze) until the next
+//     probe, and its asset stays processing with its attempt count.
 //   - A job that died without reaching its handler's last step (its worker
 //     killed on the last attempt) is found by Reconcile, which fails its
 //     asset, so every accepted asset ends draft or failed.
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
@@ -37,6 +43,11 @@ import (
 // EventAssetProcessed is the realtime event sent when an asset reaches a
 // final state.
 const EventAssetProcessed = "asset_processed"
+
+// CodeJobDead is the asset error code of a job that died without its handler
+// recording a final state (its worker killed on the last attempt, or a
+// store that refused every attempt's outcome).
+const CodeJobDead = "job_dead"
 
 // Store is what the pipeline reads and writes of the asset store.
 type Store interface {
@@ -65,6 +76,10 @@ type Handler struct {
 
 var _ queue.Handler = (*Handler)(nil)
 
+// pauser is an Analyzer that can tell without a request that it would send
+// none now (ai.Breaker while the AI service is down), and for how long.
+type pauser interface{ Wait() time.Duration }
+
 // Event is the asset_processed payload (api/asset-processed-event.schema.json).
 type Event struct {
 	EventID     string          `json:"eventId"`
@@ -89,6 +104,13 @@ func NewEvent(a *asset.Asset) Event {
 	}
 	if len(ev.AIMetadata) == 0 {
 		ev.AIMetadata = json.RawMessage("null")
+	}
+	// A final state recorded before results were validated (Relay sends
+	// it) may hold invalid UTF-8, which a websocket client drops the
+	// connection over. Outside strings it is a syntax error, so replacing
+	// it keeps the JSON valid.
+	if !utf8.Valid(ev.AIMetadata) {
+		ev.AIMetadata = bytes.ToValidUTF8(ev.AIMetadata, []byte("\uFFFD"))
 	}
 	if a.ProcessedAt != nil {
 		ev.ProcessedAt = a.ProcessedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")
@@ -117,6 +139,12 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 		log.InfoContext(ctx, "repeat delivery acknowledged without work", "status", a.Status)
 		return nil
 	}
+	if p, ok := h.Analyzer.(pauser); ok {
+		if d := p.Wait(); d > 0 {
+			log.DebugContext(ctx, "AI service circuit breaker open; job snoozed", "for", d)
+			return queue.Snooze(errors.New("the AI service circuit breaker is open"), d)
+		}
+	}
 	if err := h.Store.RecordAttempt(ctx, a.ID, job.ID, job.Attempt, h.Now()); errors.Is(err, asset.ErrConflict) || errors.Is(err, asset.ErrNotFound) {
 		log.InfoContext(ctx, "repeat delivery acknowledged without work")
 		return nil
@@ -135,6 +163,10 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 		log.WarnContext(ctx, "analysis interrupted", "err", err)
 		return err
 	}
+	if d, ok := ai.BreakerWait(err); ok {
+		log.DebugContext(ctx, "AI service outage; job snoozed", "for", d, "err", err)
+		return queue.Snooze(err, d)
+	}
 	// The job's own deadline counts as a failed attempt like any other;
 	// what is left of the work (recording the outcome) must not inherit it.
 	ctx = context.WithoutCancel(ctx)
@@ -143,7 +175,9 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 	last := job.Attempt >= job.MaxAttempts
 	log.WarnContext(ctx, "analysis failed", "err", err, "code", ai.Code(err), "permanent", permanent, "lastAttempt", last)
 	if permanent || last {
-		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: err.Error()}}
+		// The user sees the code and a message written for users; the
+		// cause (a store's or library's text) stays in the log above.
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: ai.UserMessage(err)}}
 		if ferr := h.finish(ctx, log, a, job, out); ferr != nil {
 			return ferr
 		}
@@ -167,7 +201,14 @@ func (h *Handler) analyze(ctx context.Context, p Payload) (json.RawMessage, erro
 		return nil, &ai.Error{Code: ai.CodeImageUnreadable, Message: "the stored image cannot be read now", Err: err}
 	}
 	defer rc.Close()
-	return h.Analyzer.Analyze(ctx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+	result, err := h.Analyzer.Analyze(ctx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+	if err != nil {
+		return nil, err
+	}
+	// Whatever the Analyzer, the store gets only a result validated and
+	// re-encoded here: a store refusing it would look like a transient
+	// failure and have the AI called again on every retry.
+	return ai.ParseResponse(result)
 }
 
 // finish records the final state with its owed event, then publishes it.
@@ -256,13 +297,13 @@ func (h *Handler) Reconcile(ctx context.Context, jobs DeadJobs) (int, error) {
 		if err != nil || a.Status != asset.StatusProcessing || a.ProcessingJobID != info.ID {
 			continue
 		}
-		msg := "the analysis did not finish"
-		if e := info.LastError(); e != "" {
-			msg += ": " + e
-		}
+		// The queue's last error is whatever the handler or the queue wrote
+		// (a store's SQL, a panic, a rescue note): it goes to the log, and
+		// the user gets a fixed sentence.
 		log := h.Log.With("jobId", info.ID, "assetId", a.ID, "userId", a.UserID)
-		log.WarnContext(ctx, "dead job left its asset processing; failing it")
-		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: "job_dead", Message: msg}}
+		log.WarnContext(ctx, "dead job left its asset processing; failing it", "lastError", info.LastError())
+		msg := fmt.Sprintf("the analysis did not finish after %d attempts", info.Attempt)
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: CodeJobDead, Message: msg}}
 		if err := h.finish(ctx, log, a, job, out); err != nil {
 			return n, err
 		}

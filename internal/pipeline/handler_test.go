@@ -6,17 +6,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/asset/sqlitestore"
 	"github.com/klectr/klectr/internal/queue"
+	"github.com/klectr/klectr/internal/sqlitedb"
 )
 
 func answer(status int, header map[string]string, body string) func(w http.ResponseWriter, r *http.Request, n int) {
@@ -96,7 +102,7 @@ func TestProcessJobFailures(t *testing.T) {
 		{name: "408", respond: answer(408, nil, ""), code: ai.CodeTimeout},
 		{name: "timeout", respond: func(w http.ResponseWriter, r *http.Request, _ int) { <-r.Context().Done() },
 			timeout: 250 * time.Millisecond, code: ai.CodeTimeout},
-		{name: "invalid JSON", respond: answer(200, nil, `{"label": "Chari`), code: ai.CodeBadResponse},
+		{name: "invalid JSON", respond: answer(200, nil, `{"label": "Chari`), code: ai.CodeBadResponse, permanent: true},
 		{name: "connection refused", refused: true, code: ai.CodeUnavailable},
 		{name: "400", respond: answer(400, nil, `{"error":"not a card"}`), code: ai.CodeRejected, permanent: true},
 		{name: "422", respond: answer(422, nil, ""), code: ai.CodeRejected, permanent: true},
@@ -266,18 +272,32 @@ func TestProcessJobRepeatDeliveryDoesNoWork(t *testing.T) {
 
 // Two deliveries of one job running at once (at-least-once delivery): both
 // may call the AI, but exactly one final state is recorded and one event sent.
+// The fake AI holds each call until both are in it, so the test proves the
+// deliveries overlapped: if either never reaches the AI while the other is
+// there (one serialised behind the other, or acknowledged early), it fails.
 func TestProcessJobConcurrentDuplicatesFinishOnce(t *testing.T) {
 	t.Parallel()
 	both := make(chan struct{})
-	var once sync.Once
+	var (
+		mu       sync.Mutex
+		inFlight int
+		overlap  bool
+	)
 	e := newEnv(t, func(w http.ResponseWriter, r *http.Request, n int) {
-		if n == 2 {
-			once.Do(func() { close(both) })
+		mu.Lock()
+		inFlight++
+		if inFlight == 2 {
+			overlap = true
+			close(both)
 		}
+		mu.Unlock()
 		select {
 		case <-both:
-		case <-time.After(5 * time.Second): // the second delivery never reached the AI
+		case <-time.After(5 * time.Second): // the other delivery never joined this one
 		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
 		answer(200, nil, fmt.Sprintf(`{"call":%d}`, n))(w, r, n)
 	}, envOptions{})
 	a, job := e.newAsset()
@@ -288,9 +308,20 @@ func TestProcessJobConcurrentDuplicatesFinishOnce(t *testing.T) {
 		go func() { errs <- e.h.ProcessJob(context.Background(), &j) }()
 	}
 	for range 2 {
-		if err := <-errs; err != nil {
-			t.Errorf("ProcessJob: %v", err)
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("ProcessJob: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("ProcessJob did not return")
 		}
+	}
+	mu.Lock()
+	overlapped := overlap
+	mu.Unlock()
+	if !overlapped || e.ai.calls() != 2 {
+		t.Fatalf("the two deliveries did not run at once (%d AI calls, overlap %v): the test proves nothing", e.ai.calls(), overlapped)
 	}
 	got := e.store.get(t, a.ID)
 	events := e.notes.delivered()
@@ -441,7 +472,7 @@ func TestReconcileFailsAssetsOfDeadJobs(t *testing.T) {
 	}
 	got := e.store.get(t, orphan.ID)
 	if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != "job_dead" ||
-		!strings.Contains(got.Error.Message, "recovered at start-up") || got.Attempts != maxAttempts || got.EventPending {
+		got.Error.Message != "the analysis did not finish after 4 attempts" || got.Attempts != maxAttempts || got.EventPending {
 		t.Fatalf("orphaned asset: %s %+v attempts %d owed %v", got.Status, got.Error, got.Attempts, got.EventPending)
 	}
 	events := e.notes.delivered()
@@ -501,4 +532,245 @@ func TestProcessJobCancelledMidAnalysis(t *testing.T) {
 	if got.Status != asset.StatusProcessing || got.EventPending || len(e.notes.attempts()) != 0 {
 		t.Fatalf("after cancellation: status %s, owed %v, %d events; want processing and no event", got.Status, got.EventPending, len(e.notes.attempts()))
 	}
+}
+
+// analyzerFunc is an ai.Analyzer that is a function.
+type analyzerFunc func(ctx context.Context, img ai.Image) (json.RawMessage, error)
+
+func (f analyzerFunc) Analyze(ctx context.Context, img ai.Image) (json.RawMessage, error) {
+	io.Copy(io.Discard, img.Body)
+	return f(ctx, img)
+}
+
+// A 200 from the AI service that no store or client should hold fails the
+// asset at once, before the store is touched: one AI call, no retry, the
+// event valid UTF-8 JSON. On main these were drafts (invalid UTF-8, an error
+// envelope) or, for the deep object, a CHECK failure in SQLite's Finish that
+// was retried, calling the AI on every attempt, until the job died.
+func TestProcessJobBadAIResultsFailAtOnce(t *testing.T) {
+	t.Parallel()
+	deep := strings.Repeat(`{"a":`, 1499) + "{}" + strings.Repeat("}", 1499)
+	for name, body := range map[string]string{
+		"invalid UTF-8":  "{\"label\":\"Pok\xe9mon\"}",
+		"1500-deep":      deep,
+		"error envelope": `{"error":{"message":"model overloaded"}}`,
+		"status failed":  `{"status":"failed","label":null}`,
+		"NUL":            `{"label":"a\u0000b"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(200, nil, body), envOptions{})
+			a, job := e.newAsset()
+			err := e.h.ProcessJob(context.Background(), job)
+			if !queue.IsPermanent(err) || ai.Code(err) != ai.CodeBadResponse {
+				t.Fatalf("ProcessJob = %v (code %q); want a permanent %s", err, ai.Code(err), ai.CodeBadResponse)
+			}
+			if e.ai.calls() != 1 {
+				t.Errorf("AI called %d times, want 1", e.ai.calls())
+			}
+			got := e.store.get(t, a.ID)
+			if got.Status != asset.StatusFailed || got.AIMetadata != nil || got.Error == nil || got.Error.Code != ai.CodeBadResponse {
+				t.Fatalf("asset: status %s, metadata %q, error %+v; want failed with %s", got.Status, got.AIMetadata, got.Error, ai.CodeBadResponse)
+			}
+			checkUserMessage(t, got.Error.Message)
+			events := e.notes.delivered()
+			if len(events) != 1 {
+				t.Fatalf("%d events, want 1", len(events))
+			}
+			if !utf8.Valid(events[0].Data) {
+				t.Errorf("event is not valid UTF-8: %q", events[0].Data)
+			}
+			checkEvent(t, events[0], got)
+		})
+	}
+}
+
+// The pipeline does not take an Analyzer's word that its result is a valid
+// object: the built-in analyzer or a future one gets the same check as the
+// AI service, and what is stored is the re-encoded, validated form.
+func TestProcessJobValidatesEveryAnalyzersResult(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, result, want string }{
+		{"invalid UTF-8", "{\"a\":\"\xff\"}", ""},
+		{"not an object", `[1]`, ""},
+		{"too deep", strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40), ""},
+		{"valid, re-encoded", "{ \"a\" : \"\\u00e9\" }", `{"a":"é"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(500, nil, ""), envOptions{})
+			e.h.Analyzer = analyzerFunc(func(context.Context, ai.Image) (json.RawMessage, error) {
+				return json.RawMessage(tc.result), nil
+			})
+			a, job := e.newAsset()
+			err := e.h.ProcessJob(context.Background(), job)
+			got := e.store.get(t, a.ID)
+			if tc.want != "" {
+				if err != nil || got.Status != asset.StatusDraft || string(got.AIMetadata) != tc.want {
+					t.Fatalf("ProcessJob = %v; asset %s with %q; want draft with %q", err, got.Status, got.AIMetadata, tc.want)
+				}
+				return
+			}
+			if !queue.IsPermanent(err) || got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != ai.CodeBadResponse {
+				t.Fatalf("ProcessJob = %v; asset %s, error %+v; want failed at once with %s", err, got.Status, got.Error, ai.CodeBadResponse)
+			}
+		})
+	}
+}
+
+// internalText is what a store, a queue or a library might put in an error:
+// none of it may reach the asset's error message or the event.
+const internalText = "sqlite: CHECK constraint failed: ai_metadata IS NULL OR json_valid(ai_metadata) at /var/lib/klectr/klectr.db"
+
+func checkUserMessage(t *testing.T, msg string) {
+	t.Helper()
+	if msg == "" || !utf8.ValidString(msg) || strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		t.Errorf("message %q: want one line of printable UTF-8", msg)
+	}
+	for _, leak := range []string{"sqlite", "CHECK", "json_valid", "/var/lib", "127.0.0.1", "ai-secret-token"} {
+		if strings.Contains(msg, leak) {
+			t.Errorf("message %q leaks %q", msg, leak)
+		}
+	}
+}
+
+// An analyzer's error that is not one package ai wrote for users (here a
+// plain error, and a Permanent wrapping one) fails the asset with its code
+// and a generic message; the text stays in the log.
+func TestFailedAssetNeverShowsInternalErrorText(t *testing.T) {
+	t.Parallel()
+	for name, aerr := range map[string]error{
+		"plain":      fmt.Errorf("read blob: %s", internalText),
+		"permanent":  ai.Permanent(errors.New(internalText)),
+		"no message": &ai.Error{Code: ai.CodeImageUnreadable, Err: errors.New(internalText)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(500, nil, ""), envOptions{})
+			e.h.Analyzer = analyzerFunc(func(context.Context, ai.Image) (json.RawMessage, error) { return nil, aerr })
+			a, job := e.newAsset()
+			job.Attempt = maxAttempts
+			e.h.ProcessJob(context.Background(), job)
+			got := e.store.get(t, a.ID)
+			if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != ai.Code(aerr) {
+				t.Fatalf("asset %s, error %+v; want failed with %q", got.Status, got.Error, ai.Code(aerr))
+			}
+			checkUserMessage(t, got.Error.Message)
+			if events := e.notes.delivered(); len(events) != 1 || strings.Contains(string(events[0].Data), "sqlite") {
+				t.Errorf("events %q: want one, without the internal text", events)
+			}
+		})
+	}
+}
+
+// failingFinish is a store whose Finish refuses every outcome as SQLite
+// refused the deep result: the handler returns the error to the queue (for
+// the admin's job listing), and when the job dies Reconcile fails the asset
+// with a fixed message, not the queue's last error.
+type failingFinish struct{ *fakeStore }
+
+func (s failingFinish) Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	return nil, errors.New(internalText)
+}
+
+func TestStoreErrorsNeverReachTheUser(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, answer(200, nil, okResult), envOptions{})
+	a, job := e.newAsset()
+	e.h.Store = failingFinish{e.store}
+	job.Attempt = maxAttempts
+	err := e.h.ProcessJob(context.Background(), job)
+	if err == nil || queue.IsPermanent(err) {
+		t.Fatalf("ProcessJob = %v; want the store's error, retryable", err)
+	}
+	if got := e.store.get(t, a.ID); got.Status != asset.StatusProcessing {
+		t.Fatalf("asset %s after a refused Finish; want processing", got.Status)
+	}
+
+	// The queue marks the job dead with the handler's error as its last.
+	e.h.Store = e.store
+	dead := &deadJobs{infos: []queue.Info{{ID: job.ID, Queue: job.Queue, State: queue.Dead, Attempt: maxAttempts,
+		MaxAttempts: maxAttempts, Payload: job.Payload, Errors: []string{err.Error()}}}}
+	if n, err := e.h.Reconcile(context.Background(), dead); err != nil || n != 1 {
+		t.Fatalf("Reconcile = %d, %v; want 1", n, err)
+	}
+	got := e.store.get(t, a.ID)
+	if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != "job_dead" {
+		t.Fatalf("asset %s, error %+v; want failed with job_dead", got.Status, got.Error)
+	}
+	checkUserMessage(t, got.Error.Message)
+	events := e.notes.delivered()
+	if len(events) != 1 || strings.Contains(string(events[0].Data), "CHECK") {
+		t.Fatalf("events %q: want one, without the store's text", events)
+	}
+	checkEvent(t, events[0], got)
+}
+
+// The hostile results of TestProcessJobBadAIResultsFailAtOnce against the
+// real SQLite store: on main its CHECK (json_valid) refused the deep object
+// in Finish, the job was retried with a new AI call each time, and the user
+// got job_dead quoting the SQL. Now each fails at once with ai_bad_response,
+// and the stored asset and event are valid UTF-8.
+func TestBadAIResultsOnTheSQLiteStore(t *testing.T) {
+	t.Parallel()
+	for name, body := range map[string]string{
+		"1500-deep":     strings.Repeat(`{"a":`, 1499) + "{}" + strings.Repeat("}", 1499),
+		"invalid UTF-8": "{\"label\":\"Pok\xe9mon\"}",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, answer(200, nil, body), envOptions{})
+			db, err := sqlitedb.Open(t.Context(), filepath.Join(t.TempDir(), "klectr.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			store, err := sqlitestore.New(t.Context(), db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.h.Store = store
+			a, job := e.newAsset()
+			a.Attempts = 0
+			if err := store.Create(t.Context(), a); err != nil {
+				t.Fatal(err)
+			}
+			err = e.h.ProcessJob(context.Background(), job)
+			if !queue.IsPermanent(err) || ai.Code(err) != ai.CodeBadResponse {
+				t.Fatalf("ProcessJob = %v; want a permanent %s, decided before the store", err, ai.CodeBadResponse)
+			}
+			got, err := store.Get(t.Context(), a.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Status != asset.StatusFailed || got.Error == nil || got.Error.Code != ai.CodeBadResponse || e.ai.calls() != 1 {
+				t.Fatalf("asset %s, error %+v after %d AI calls; want failed with %s after 1", got.Status, got.Error, e.ai.calls(), ai.CodeBadResponse)
+			}
+			checkUserMessage(t, got.Error.Message)
+			if events := e.notes.delivered(); len(events) != 1 || !utf8.Valid(events[0].Data) {
+				t.Fatalf("events %q: want one, valid UTF-8", events)
+			}
+		})
+	}
+}
+
+// A draft recorded before results were validated may hold invalid UTF-8;
+// its event (sent by Relay) must still be valid UTF-8 JSON, or the official
+// client on a websocket drops the connection and never gets it.
+func TestRelayedLegacyResultIsValidUTF8(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, answer(200, nil, okResult), envOptions{})
+	a, _ := e.newAsset()
+	at := e.clock.Now().Add(-time.Hour)
+	a.Status, a.AIMetadata, a.ProcessedAt, a.UpdatedAt = asset.StatusDraft, json.RawMessage("{\"label\":\"Pok\xe9mon\"}"), &at, at
+	a.EventID, a.EventPending, a.Attempts = ulid.Make().String(), true, 1
+	e.store.put(a)
+	if n, err := e.h.Relay(context.Background(), time.Minute); err != nil || n != 1 {
+		t.Fatalf("Relay = %d, %v; want 1", n, err)
+	}
+	events := e.notes.delivered()
+	if len(events) != 1 || !utf8.Valid(events[0].Data) || !strings.Contains(string(events[0].Data), "Pok\uFFFDmon") {
+		t.Fatalf("events %q: want one, valid UTF-8, the bad byte replaced", events)
+	}
+	checkEvent(t, events[0], e.store.get(t, a.ID))
 }

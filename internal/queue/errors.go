@@ -56,3 +56,37 @@ type retryAfterError struct {
 
 func (e *retryAfterError) Error() string { return e.err.Error() }
 func (e *retryAfterError) Unwrap() error { return e.err }
+
+// Snooze puts the job back to wait, to run again no earlier than d from now
+// (d <= 0: as soon as the backend fetches it), without counting this run as
+// an attempt: the next delivery has the same Attempt, Info shows the job as
+// it was before the run (pending if no attempt of it has failed, retrying
+// otherwise) and this run records no error. A job may be snoozed any number
+// of times; snoozing never makes it dead. It is for a handler that did not
+// try the work (its dependency is known to be down), never for a failed
+// attempt. err says why, for the log; it may be nil. Permanent wins if both
+// marks are present.
+func Snooze(err error, d time.Duration) error {
+	if err == nil {
+		err = errors.New("snoozed")
+	}
+	return &snoozeError{err: err, d: max(d, 0)}
+}
+
+// SnoozeDelay reports whether err, or an error it wraps, was made by Snooze,
+// and the delay it asked for. Backends use it; handlers have no need to.
+func SnoozeDelay(err error) (time.Duration, bool) {
+	var s *snoozeError
+	if !errors.As(err, &s) {
+		return 0, false
+	}
+	return s.d, true
+}
+
+type snoozeError struct {
+	err error
+	d   time.Duration
+}
+
+func (e *snoozeError) Error() string { return e.err.Error() }
+func (e *snoozeError) Unwrap() error { return e.err }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // AIProcessing is the queue of image analyses.
@@ -22,6 +23,11 @@ type Job struct {
 	ID string
 	// Queue names the queue, e.g. AIProcessing.
 	Queue string
+	// Group is the fairness key: jobs of one group (the uploader's user id)
+	// share the queue fairly with other groups (see Backend). "" is a group
+	// like any other, shared by every job enqueued without one. At most
+	// MaxGroupLen bytes of UTF-8; the handler gets it as enqueued.
+	Group string
 	// Payload is opaque to the queue. It must be one JSON value; a backend
 	// may re-encode it (whitespace), but keeps the value.
 	Payload json.RawMessage
@@ -44,8 +50,38 @@ func (j *Job) Validate() error {
 		return fmt.Errorf("queue: job %s has no queue", j.ID)
 	case !json.Valid(j.Payload):
 		return fmt.Errorf("queue: job %s: payload is not one JSON value", j.ID)
+	case len(j.Group) > MaxGroupLen || !utf8.ValidString(j.Group):
+		return fmt.Errorf("queue: job %s: group is not at most %d bytes of UTF-8", j.ID, MaxGroupLen)
 	}
 	return nil
+}
+
+// MaxGroupLen bounds Job.Group.
+const MaxGroupLen = 256
+
+// FairBurst is how many jobs of a group may wait in the first tier (see
+// Backend): a job enqueued while fewer than FairBurst jobs of its group wait
+// is in tier 1.
+const FairBurst = 4
+
+// FairTiers is the number of tiers; backends serve a lower tier first.
+const FairTiers = 4
+
+// FairTier is the tier of a job enqueued while backlog jobs of its group
+// wait: 1 below FairBurst, 2 below 8·FairBurst, 3 below 64·FairBurst, 4
+// beyond. A backend gives the job the larger of this and the highest tier
+// of the group's waiting jobs, so that a group's jobs never overtake each
+// other.
+func FairTier(backlog int) int {
+	switch {
+	case backlog < FairBurst:
+		return 1
+	case backlog < 8*FairBurst:
+		return 2
+	case backlog < 64*FairBurst:
+		return 3
+	}
+	return 4
 }
 
 // Handler works jobs. It is shaped like net/http's: a backend calls
@@ -59,6 +95,12 @@ func (j *Job) Validate() error {
 //   - Permanent(err): dead at once, without further attempts.
 //   - RetryAfter(err, d): retried no earlier than d from now; the failed
 //     run still counts as an attempt, so the last attempt ends dead.
+//   - Snooze(err, d): waits again and runs no earlier than d from now, and
+//     the run does not count as an attempt: the next delivery has the same
+//     Attempt, Info.Attempt and Info.State are as before the run, no error
+//     is recorded, and however often a job snoozes it never ends dead for
+//     it. For a handler that did not try (the AI service is known to be
+//     down), not for a failed attempt.
 //   - any other error, or a panic (which the backend recovers): retried
 //     after the Policy's Delay until MaxAttempts attempts have run, then
 //     dead.
@@ -156,7 +198,29 @@ var (
 //     kills its worker every time ends dead instead of looping. How fast it
 //     runs again is the backend's to document (seconds, not hours).
 //   - At most the configured concurrency of handlers run at once per queue
-//     per process. Order of execution is not guaranteed.
+//     per process.
+//   - Fairness between groups (Job.Group). A group's backlog in a queue is
+//     its jobs that wait for their first attempt (enqueued or replayed, not
+//     yet started). A job is put in a tier by its group's backlog at
+//     Enqueue, in the same atomic step (FairTier: 1 for a backlog below
+//     FairBurst, worse for deeper ones, and never better than the group's
+//     waiting jobs), and waiting first attempts start lowest tier first,
+//     oldest first within a tier. Guaranteed: after Enqueue returns a job
+//     of a group with nothing waiting, at most C + FairBurst·G other jobs
+//     start before it, where C is the concurrency of all the processes
+//     working the queue together (jobs fetched before it was stored) and G
+//     the number of other groups with jobs waiting, not counting the retries
+//     of jobs that had started. So another group's batch of any size delays
+//     it by a few jobs, not by the batch.
+//     Not guaranteed: round-robin between backlogged groups (tiers are
+//     coarse: two groups with deep backlogs share tier 4 first come first
+//     served); any bound for jobs in tiers 2 to 4, which wait as long as
+//     lower tiers keep every worker busy; the tier of retries (a job keeps
+//     the tier it was enqueued in).
+//   - Order: a group's first attempts start in the order they were enqueued
+//     (with concurrency 1, exactly; with more, they are fetched in that
+//     order and run side by side). Retries run when due, in no promised
+//     order, and jobs of different groups in no promised order.
 //   - Retries follow the Handler's documented outcomes and the Policy.
 //   - Dead jobs are kept, listed and counted until Delete; they never
 //     expire. Retry replays one: it becomes pending with a fresh attempt

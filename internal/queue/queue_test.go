@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +99,47 @@ func TestStates(t *testing.T) {
 	}
 	if queue.State("discarded").Valid() {
 		t.Errorf("a River state leaked into ours")
+	}
+}
+
+func TestFairTierGrowsWithBacklog(t *testing.T) {
+	t.Parallel()
+	for backlog, want := range map[int]int{0: 1, queue.FairBurst - 1: 1, queue.FairBurst: 2, 8*queue.FairBurst - 1: 2,
+		8 * queue.FairBurst: 3, 64*queue.FairBurst - 1: 3, 64 * queue.FairBurst: 4, 1 << 30: queue.FairTiers} {
+		if got := queue.FairTier(backlog); got != want {
+			t.Errorf("FairTier(%d) = %d, want %d", backlog, got, want)
+		}
+	}
+}
+
+func TestValidateBoundsGroup(t *testing.T) {
+	t.Parallel()
+	job := queue.Job{ID: "j", Queue: queue.AIProcessing, Payload: json.RawMessage(`{}`), Group: strings.Repeat("g", queue.MaxGroupLen)}
+	if err := job.Validate(); err != nil {
+		t.Errorf("a group of MaxGroupLen bytes: %v", err)
+	}
+	for _, g := range []string{strings.Repeat("g", queue.MaxGroupLen+1), "\xff"} {
+		job.Group = g
+		if job.Validate() == nil {
+			t.Errorf("group %q: Validate = nil, want an error", g)
+		}
+	}
+}
+
+func TestSnoozeMarkSurvivesWrapping(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("ai: breaker open")
+	err := fmt.Errorf("pipeline: %w", queue.Snooze(cause, 3*time.Second))
+	if d, ok := queue.SnoozeDelay(err); !ok || d != 3*time.Second || !errors.Is(err, cause) {
+		t.Errorf("SnoozeDelay(wrapped) = %v, %v, cause kept %v; want 3s, true, true", d, ok, errors.Is(err, cause))
+	}
+	if queue.Snooze(nil, time.Second) == nil {
+		t.Errorf("Snooze(nil, d) = nil: a handler would mark the job completed")
+	}
+	if d, ok := queue.SnoozeDelay(queue.Snooze(nil, -time.Second)); !ok || d != 0 {
+		t.Errorf("a negative snooze = %v, %v; want 0, true", d, ok)
+	}
+	if _, ok := queue.SnoozeDelay(queue.RetryAfter(cause, time.Second)); ok {
+		t.Errorf("RetryAfter is not a snooze")
 	}
 }

@@ -74,11 +74,23 @@
 //
 // # Limits
 //
+// Every field of a client's packet is checked before it is used or echoed:
+// valid UTF-8, a namespace of at most 128 printable ASCII characters, an
+// event name of at most 256 bytes, an ack id that fits int64, data of the
+// shape its type requires; a packet that fails closes the connection.
+// MaxPending and MaxPendingPerIP bound the connections that have not yet
+// authenticated a CONNECT (each also closes after ConnectTimeout): the next
+// handshake gets HTTP 503 or 429, so an unauthenticated client cannot make
+// the server hold sessions, goroutines and buffers without bound.
 // MaxConnsPerUser refuses the next CONNECT with CONNECT_ERROR
 // {"message":"too many connections","data":{"code":"too_many_connections",
 // "limit":N}}. MaxPayload bounds each incoming websocket message and polling
 // POST (larger: the connection is closed). Each socket has a queue of at most
 // SendQueue packets and one writer with WriteTimeout per write: a client that
 // falls behind is disconnected, it never grows the server's memory.
-// Tokens are never logged; log lines carry "sid" and "userId".
+// Tokens and session ids are never logged: log lines carry "conn", a short
+// hash of the Engine.IO sid, and "userId". Session ids have 128 random bits.
+// A session whose handshake carried a valid Authorization header accepts
+// later requests (polls, POSTs, the upgrade) only with a valid header of the
+// same user.
 package realtime

@@ -48,6 +48,7 @@ func TestLoad(t *testing.T) {
 	}
 
 	ts := startServer(t, "", nil, func(o *realtime.Options) {
+		o.MaxPendingPerIP = -1 // every client comes from loopback
 		o.Logger = slog.New(slog.DiscardHandler)
 		o.MaxConnsPerUser = -1
 	})

@@ -228,16 +228,18 @@ func TestConnectErrors(t *testing.T) {
 			}
 		})
 	}
-	// A native client's Authorization header stands in for auth.token.
-	status, body := w.do(http.MethodGet, w.endpoint("polling", ""), "", http.Header{"Authorization": {"Bearer " + validToken("u2")}})
+	// A native client's Authorization header (sent with every request)
+	// stands in for auth.token.
+	hdr := http.Header{"Authorization": {"Bearer " + validToken("u2")}}
+	status, body := w.do(http.MethodGet, w.endpoint("polling", ""), "", hdr)
 	if status != http.StatusOK {
 		t.Fatalf("handshake with header: %d %q", status, body)
 	}
 	var h map[string]any
 	_ = json.Unmarshal([]byte(body[1:]), &h)
 	sid := h["sid"].(string)
-	w.post(sid, "40")
-	if _, body := w.get(sid); !strings.HasPrefix(body, `40{"sid":`) {
+	w.do(http.MethodPost, w.endpoint("polling", sid), "40", hdr)
+	if _, body := w.do(http.MethodGet, w.endpoint("polling", sid), "", hdr); !strings.HasPrefix(body, `40{"sid":`) {
 		t.Errorf("CONNECT with the header token: %q", body)
 	}
 }

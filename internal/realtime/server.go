@@ -3,12 +3,16 @@ package realtime
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -30,7 +34,9 @@ const (
 	DefaultWriteTimeout    = 10 * time.Second
 	DefaultPingInterval    = 25 * time.Second
 	DefaultPingTimeout     = 20 * time.Second
-	DefaultConnectTimeout  = 10 * time.Second
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultMaxPending      = 2048
+	DefaultMaxPendingPerIP = 32
 )
 
 // upgradeTimeout bounds the polling→websocket probe (2probe/3probe/5).
@@ -57,7 +63,8 @@ type Options struct {
 	Authenticate func(token string) (userID string, expiresAt time.Time, err error)
 	// Bus carries Send's events to the sockets of every process.
 	Bus Bus
-	// Logger receives connection lines with "sid" and "userId"; nil discards.
+	// Logger receives connection lines with "conn" (a hash of the session
+	// id, which is never logged) and "userId"; nil discards.
 	Logger *slog.Logger
 	// AllowedOrigins lists browser origins ("https://app.example.com") that
 	// may connect from another origin; "*" allows any. Requests without an
@@ -91,8 +98,18 @@ type Options struct {
 	PingInterval time.Duration
 	PingTimeout  time.Duration
 	// ConnectTimeout closes an Engine.IO connection that has not completed a
-	// Socket.IO CONNECT this long after it opened (or after it left).
+	// Socket.IO CONNECT this long after it opened (or after it left). The
+	// official clients send CONNECT as soon as the connection opens.
 	ConnectTimeout time.Duration
+	// MaxPending and MaxPendingPerIP bound the Engine.IO connections that
+	// have not yet authenticated a Socket.IO CONNECT, over the process and
+	// per client address (an IPv6 address counts by its /64). A handshake
+	// over either limit is refused with 503 (process) or 429 (address) and
+	// Retry-After, which the official clients retry with backoff. Behind a
+	// reverse proxy every client has the proxy's address: raise
+	// MaxPendingPerIP there, or make it negative (no limit).
+	MaxPending      int
+	MaxPendingPerIP int
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -125,6 +142,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxConnsPerUser == 0 {
 		o.MaxConnsPerUser = DefaultMaxConnsPerUser
 	}
+	if o.MaxPending == 0 {
+		o.MaxPending = DefaultMaxPending
+	}
+	if o.MaxPendingPerIP == 0 {
+		o.MaxPendingPerIP = DefaultMaxPendingPerIP
+	}
 	if o.MaxPayload <= 0 {
 		o.MaxPayload = DefaultMaxPayload
 	}
@@ -147,8 +170,12 @@ type Server struct {
 	started  bool
 	stopped  bool
 	sessions map[string]*session
-	unsub    func()
-	stopOnce sync.Once
+	// pending counts the sessions that have not authenticated yet, in all
+	// and by client address (see Options.MaxPending).
+	pending      int
+	pendingByKey map[string]int
+	unsub        func()
+	stopOnce     sync.Once
 }
 
 // New returns a Server that serves nothing until Start.
@@ -158,11 +185,12 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	return &Server{
-		opts:     o,
-		log:      o.Logger,
-		reg:      newRegistry(),
-		now:      time.Now,
-		sessions: make(map[string]*session),
+		opts:         o,
+		log:          o.Logger,
+		reg:          newRegistry(),
+		now:          time.Now,
+		sessions:     make(map[string]*session),
+		pendingByKey: make(map[string]int),
 	}, nil
 }
 
@@ -311,6 +339,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusBadRequest, 1, "Session ID unknown")
 			return
 		}
+		if !sess.admits(bearer(r)) {
+			httpError(w, http.StatusForbidden, 4, "Forbidden")
+			return
+		}
 		switch r.Method {
 		case http.MethodGet:
 			sess.servePoll(w, r)
@@ -332,6 +364,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sess := s.lookup(sid)
 		if sess == nil {
 			httpError(w, http.StatusBadRequest, 1, "Session ID unknown")
+			return
+		}
+		if !sess.admits(bearer(r)) {
+			httpError(w, http.StatusForbidden, 4, "Forbidden")
 			return
 		}
 		sess.serveUpgrade(w, r)
@@ -375,22 +411,87 @@ func (s *Server) forget(sess *session) {
 	if s.sessions[sess.id] == sess {
 		delete(s.sessions, sess.id)
 	}
+	s.authenticatedLocked(sess)
 }
 
-// errNotServing refuses a handshake before Start or after Stop.
-var errNotServing = errors.New("realtime: server is not serving")
+// Reasons register refuses a handshake.
+var (
+	errNotServing    = errors.New("realtime: server is not serving")
+	errTooManyAll    = errors.New("realtime: too many unauthenticated connections")
+	errTooManyClient = errors.New("realtime: too many unauthenticated connections from this address")
+)
 
 // register adds a new session under a fresh id, unless the server is not
-// serving; the check and the insert share the lock Stop takes, so Stop never
-// misses a session.
+// serving or the unauthenticated sessions are at a limit; the check and the
+// insert share the lock Stop takes, so Stop never misses a session.
 func (s *Server) register(sess *session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started || s.stopped {
+	switch o := s.opts; {
+	case !s.started || s.stopped:
 		return errNotServing
+	case o.MaxPending > 0 && s.pending >= o.MaxPending:
+		return errTooManyAll
+	case o.MaxPendingPerIP > 0 && s.pendingByKey[sess.clientKey] >= o.MaxPendingPerIP:
+		return errTooManyClient
 	}
 	s.sessions[sess.id] = sess
+	s.pending++
+	s.pendingByKey[sess.clientKey]++
+	sess.pending = true
 	return nil
+}
+
+// authenticated takes sess out of the unauthenticated count, once: at its
+// first accepted CONNECT, or when it ends.
+func (s *Server) authenticated(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.authenticatedLocked(sess)
+}
+
+func (s *Server) authenticatedLocked(sess *session) {
+	if !sess.pending {
+		return
+	}
+	sess.pending = false
+	s.pending--
+	if s.pendingByKey[sess.clientKey]--; s.pendingByKey[sess.clientKey] <= 0 {
+		delete(s.pendingByKey, sess.clientKey)
+	}
+}
+
+// refuseHandshake answers a handshake that register refused.
+func refuseHandshake(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, errTooManyClient):
+		w.Header().Set("Retry-After", "5")
+		httpError(w, http.StatusTooManyRequests, 3, "Too many unauthenticated connections from this address")
+	case errors.Is(err, errTooManyAll):
+		w.Header().Set("Retry-After", "5")
+		httpError(w, http.StatusServiceUnavailable, 3, "Too many unauthenticated connections")
+	default:
+		httpError(w, http.StatusServiceUnavailable, 3, "Server is not accepting connections")
+	}
+}
+
+// clientKey is what MaxPendingPerIP counts by: the client's IP address, an
+// IPv6 address by its /64 (one subscriber's usual allocation).
+func clientKey(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
 }
 
 func (s *Server) handshake(transport string) handshake {
@@ -418,11 +519,19 @@ func bearer(r *http.Request) string {
 	return strings.TrimSpace(token)
 }
 
-// newID returns a random URL-safe id; Engine.IO and Socket.IO ids are
-// unguessable because a session id is the only credential of a polling
-// request.
+// newID returns a random URL-safe id of 128 bits; Engine.IO and Socket.IO
+// ids are unguessable because a session id is the credential of a polling
+// request (with the Authorization header, when the client sends one).
 func newID() string {
-	var b [15]byte
+	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
 	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// logID is what log lines carry for a session id: a short hash that
+// correlates the lines of one connection but cannot be used to poll it. A
+// session id itself is never logged.
+func logID(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(h[:6])
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -51,6 +52,14 @@ type session struct {
 	// headerToken is the handshake's bearer token, used when CONNECT has
 	// none. Never logged.
 	headerToken string
+	// clientKey is the client's address as MaxPendingPerIP counts it;
+	// pending tells whether the session is counted (both under srv.mu).
+	clientKey string
+	pending   bool
+	// headerUser is the user of headerToken when it was valid at the
+	// handshake: every later request of the session must then carry a
+	// valid Authorization header of that user (see admits).
+	headerUser string
 
 	// in serialises the handling of incoming packets, which may arrive on a
 	// polling POST and on the websocket being upgraded at the same time.
@@ -82,12 +91,15 @@ type session struct {
 	finishOnce sync.Once
 }
 
-func (s *Server) newSession(transport, headerToken string) (*session, error) {
+func (s *Server) newSession(r *http.Request, transport string) (*session, error) {
+	headerToken := bearer(r)
 	sess := &session{
 		srv:         s,
 		id:          newID(),
 		sockID:      newID(),
+		clientKey:   clientKey(r),
 		headerToken: headerToken,
+		headerUser:  s.userOf(headerToken),
 		transport:   transport,
 		changed:     make(chan struct{}),
 		pong:        make(chan struct{}, 1),
@@ -95,7 +107,7 @@ func (s *Server) newSession(transport, headerToken string) (*session, error) {
 		done:        make(chan struct{}),
 		closeCode:   websocket.StatusNormalClosure,
 	}
-	sess.log = s.log.With("sid", sess.id)
+	sess.log = s.log.With("conn", logID(sess.id))
 	if err := s.register(sess); err != nil {
 		return nil, err
 	}
@@ -104,6 +116,39 @@ func (s *Server) newSession(transport, headerToken string) (*session, error) {
 	sess.mu.Unlock()
 	go sess.heartbeat()
 	return sess, nil
+}
+
+// userOf returns the user of a valid token, or "".
+func (s *Server) userOf(token string) string {
+	if token == "" {
+		return ""
+	}
+	user, exp, err := s.opts.Authenticate(token)
+	if err != nil || !s.now().Before(exp) {
+		return ""
+	}
+	return user
+}
+
+// admits tells whether a request of this session (a poll, a POST, an
+// upgrade) that carries bearer token (or "") may act on it. The sid is the
+// only credential the browser clients send; the native clients send their
+// Authorization header with every request, and a session opened with a
+// valid one is bound to its user, so that its sid alone, leaked or stolen,
+// is worth nothing. A request with a valid token of another user than the
+// session's is refused in any case.
+func (s *session) admits(token string) bool {
+	user := s.srv.userOf(token)
+	s.mu.Lock()
+	connected, owner := s.connected, s.userID
+	s.mu.Unlock()
+	switch {
+	case s.headerUser != "":
+		return user == s.headerUser
+	case user != "" && connected:
+		return user == owner
+	}
+	return true
 }
 
 // notifyLocked wakes every waiter on changed. s.mu must be held.
@@ -266,25 +311,24 @@ func (s *session) connectTimeout() {
 func (s *session) handle(pkt string) error {
 	s.in.Lock()
 	defer s.in.Unlock()
-	if pkt == "" {
-		return errors.New("empty packet")
+	typ, payload, err := parseEIO(pkt)
+	if err != nil {
+		return err
 	}
-	switch pkt[0] {
+	switch typ {
 	case eioPong:
 		select {
 		case s.pong <- struct{}{}:
 		default:
 		}
 	case eioMessage:
-		return s.handleSIO(pkt[1:])
+		return s.handleSIO(payload)
 	case eioClose:
 		s.close(reasonClientClose, false)
 	case eioNoop, eioPing:
 		// Clients of protocol v4 do not ping; a stray probe is harmless.
-	case 'b':
-		return errBinary
 	default:
-		return fmt.Errorf("unknown engine.io packet type %q", pkt[0])
+		return fmt.Errorf("unexpected engine.io packet type %q from a client", typ)
 	}
 	return nil
 }
@@ -353,6 +397,7 @@ func (s *session) connect(auth json.RawMessage) {
 	}
 	s.connected, s.userID, s.expiresAt = true, userID, exp
 	s.connTimer.Stop()
+	s.srv.authenticated(s)
 	s.expTimer = time.AfterFunc(exp.Sub(s.srv.now()), s.expire)
 	reply, _ := json.Marshal(struct {
 		SID string `json:"sid"`
@@ -400,14 +445,7 @@ func (s *session) leave() {
 // so an event asking for an ack gets one saying so, rather than leaving the
 // client's callback to time out.
 func (s *session) clientEvent(p sioPacket) error {
-	var args []json.RawMessage
-	if err := json.Unmarshal(p.data, &args); err != nil || len(args) == 0 {
-		return errors.New("event payload is not a non-empty array")
-	}
-	var name string
-	if err := json.Unmarshal(args[0], &name); err != nil {
-		return errors.New("event name is not a string")
-	}
+	name := p.event // parseSIO checked it
 	s.mu.Lock()
 	connected := s.connected
 	s.mu.Unlock()

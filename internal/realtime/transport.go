@@ -15,9 +15,9 @@ import (
 // handshakePolling opens a session whose first transport is long-polling;
 // the response is the open packet alone.
 func (s *Server) handshakePolling(w http.ResponseWriter, r *http.Request) {
-	sess, err := s.newSession(transportPolling, bearer(r))
+	sess, err := s.newSession(r, transportPolling)
 	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, 3, "Server is not accepting connections")
+		refuseHandshake(w, err)
 		return
 	}
 	h := s.handshake(transportPolling)
@@ -29,17 +29,19 @@ func (s *Server) handshakePolling(w http.ResponseWriter, r *http.Request) {
 // serveWebSocket opens a session directly on a websocket (the client's
 // transports: ["websocket"]); the first message is the open packet.
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	token := bearer(r)
+	// The session comes first, so that a refusal is an HTTP status the
+	// client sees rather than a websocket that closes at once.
+	sess, err := s.newSession(r, transportWebSocket)
+	if err != nil {
+		refuseHandshake(w, err)
+		return
+	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true}) // ServeHTTP checked the origin
 	if err != nil {
+		sess.close(reasonTransport, false)
 		return // Accept has replied
 	}
 	c.SetReadLimit(s.opts.MaxPayload)
-	sess, err := s.newSession(transportWebSocket, token)
-	if err != nil {
-		_ = c.Close(websocket.StatusTryAgainLater, "server is not accepting connections")
-		return
-	}
 	sess.mu.Lock()
 	open := sess.state == stateOpen
 	if open {
@@ -222,7 +224,10 @@ func (sess *session) servePost(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusRequestEntityTooLarge, 3, "Payload too large")
 			return
 		}
+		// A body that broke off or did not arrive in time (the HTTP
+		// layer's read deadline).
 		sess.close(reasonTransport, false)
+		httpError(w, http.StatusBadRequest, 3, "Bad request")
 		return
 	}
 	for _, pkt := range strings.Split(string(body), recordSeparator) {

@@ -53,6 +53,7 @@ func (s suite) roundTrips(t *testing.T) {
 	job.Payload = json.RawMessage(`{ "assetId": "01J0000000000000000000000A", "size": 123456, "ratio": 0.75,
 		"tags": ["a", "ü", "\u00e9"], "nested": {"k": null, "t": true} }`)
 	job.EnqueuedAt = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.UTC)
+	job.Group = "01J0000000000000000000000U:ü"
 	stamped := newJob(t) // EnqueuedAt left zero: the backend stamps it
 	before := time.Now()
 	enqueue(t, b, job, stamped)
@@ -83,8 +84,8 @@ func (s suite) roundTrips(t *testing.T) {
 	if !ok {
 		t.Fatalf("handler never saw job %s; saw %v", job.ID, seen)
 	}
-	if h.Queue != job.Queue || h.Attempt != 1 || h.MaxAttempts != policy.MaxAttempts() || !h.EnqueuedAt.Equal(job.EnqueuedAt) {
-		t.Errorf("handler got %+v; want queue %s, attempt 1, max %d, enqueued %v", h, job.Queue, policy.MaxAttempts(), job.EnqueuedAt)
+	if h.Queue != job.Queue || h.Group != job.Group || h.Attempt != 1 || h.MaxAttempts != policy.MaxAttempts() || !h.EnqueuedAt.Equal(job.EnqueuedAt) {
+		t.Errorf("handler got %+v; want queue %s, group %q, attempt 1, max %d, enqueued %v", h, job.Queue, job.Group, policy.MaxAttempts(), job.EnqueuedAt)
 	}
 	if !jsonEqual(h.Payload, job.Payload) {
 		t.Errorf("handler payload = %s, want the JSON value %s", h.Payload, job.Payload)

@@ -69,6 +69,7 @@ func TestBackend(t *testing.T, f Factory) {
 		{"ExhaustedRetriesLeaveJobDead", s.exhaustedRetries},
 		{"PermanentErrorIsDeadAtOnce", s.permanent},
 		{"RetryAfterIsHonoured", s.retryAfter},
+		{"SnoozeCountsNoAttempt", s.snoozeCountsNoAttempt},
 		{"RetryReplaysDeadJob", s.retryReplays},
 		{"Delete", s.delete},
 		{"UnknownIDsAndWrongStates", s.sentinels},
@@ -77,6 +78,9 @@ func TestBackend(t *testing.T, f Factory) {
 		{"ConcurrencyLimitHolds", s.concurrencyLimit},
 		{"CrashedWorkerJobRunsAgain", s.crashRedelivery},
 		{"ManyJobsWithFailuresNoneLostNoneTwice", s.manyJobs},
+		{"FairnessOneJobOvertakesABatch", s.fairness},
+		{"FairnessKeepsOrderWithinAGroup", s.groupOrder},
+		{"AdminCallsWorkInEveryTier", s.adminInEveryTier},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if !inCrashChild() {

@@ -33,19 +33,19 @@ func stateOf(asynqState string, retried int64) queue.State {
 	return queue.Pending
 }
 
-// infoOfTask builds Info from asynq's task hash.
-func infoOfTask(id string, h map[string]string) (queue.Info, error) {
+// infoOfTask builds Info from asynq's task hash; group is the job's.
+func infoOfTask(id string, h map[string]string) (info queue.Info, group string, err error) {
 	m, err := decodeTaskMessage([]byte(h["msg"]))
 	if err != nil {
-		return queue.Info{}, fmt.Errorf("redisqueue: job %s: %w", id, err)
+		return queue.Info{}, "", fmt.Errorf("redisqueue: job %s: %w", id, err)
 	}
 	env, err := decodeEnvelope(id, m.Payload)
 	if err != nil {
-		return queue.Info{}, err
+		return queue.Info{}, "", err
 	}
-	info := queue.Info{
+	info = queue.Info{
 		ID:          id,
-		Queue:       m.Queue,
+		Queue:       baseQueue(m.Queue),
 		State:       stateOf(h["state"], m.Retried),
 		Attempt:     int(m.Retried),
 		MaxAttempts: env.MaxAttempts,
@@ -61,24 +61,24 @@ func infoOfTask(id string, h map[string]string) (queue.Info, error) {
 		info.FinishedAt = &at
 	}
 	if info.Errors, err = decodeErrors(id, h[errorsField]); err != nil {
-		return queue.Info{}, err
+		return queue.Info{}, "", err
 	}
-	return info, nil
+	return info, env.Group, nil
 }
 
-// infoOfDead builds Info from a dead record.
-func infoOfDead(id string, h map[string]string) (queue.Info, error) {
+// infoOfDead builds Info from a dead record; group is the job's.
+func infoOfDead(id string, h map[string]string) (info queue.Info, group string, err error) {
 	env, err := decodeEnvelope(id, []byte(h["job"]))
 	if err != nil {
-		return queue.Info{}, err
+		return queue.Info{}, "", err
 	}
 	attempt, err1 := strconv.Atoi(h["attempt"])
 	finished, err2 := strconv.ParseInt(h["finished"], 10, 64)
 	if err1 != nil || err2 != nil {
-		return queue.Info{}, fmt.Errorf("redisqueue: job %s: malformed dead record", id)
+		return queue.Info{}, "", fmt.Errorf("redisqueue: job %s: malformed dead record", id)
 	}
 	at := time.Unix(0, finished).UTC()
-	info := queue.Info{
+	info = queue.Info{
 		ID:          id,
 		Queue:       h["queue"],
 		State:       queue.Dead,
@@ -89,9 +89,9 @@ func infoOfDead(id string, h map[string]string) (queue.Info, error) {
 		FinishedAt:  &at,
 	}
 	if info.Errors, err = decodeErrors(id, h["errors"]); err != nil {
-		return queue.Info{}, err
+		return queue.Info{}, "", err
 	}
-	return info, nil
+	return info, env.Group, nil
 }
 
 func decodeErrors(id, raw string) ([]string, error) {
@@ -105,13 +105,20 @@ func decodeErrors(id, raw string) ([]string, error) {
 	return errs, nil
 }
 
+// found is a job as find read it, with where it is: the asynq queue of its
+// task ("" for a dead record) and its group.
+type found struct {
+	queue.Info
+	asynqQueue, group string
+}
+
 // find reads job id: its asynq task (from whichever queue holds it) or, if
 // none, its dead record. A job with both (its worker was lost between
 // writing the dead record and asynq's deletion) is still asynq's.
-func (q *Queue) find(ctx context.Context, id string) (queue.Info, error) {
+func (q *Queue) find(ctx context.Context, id string) (found, error) {
 	queues, err := q.queues(ctx)
 	if err != nil {
-		return queue.Info{}, err
+		return found{}, err
 	}
 	tasks := make([]*redis.MapStringStringCmd, len(queues))
 	var dead *redis.MapStringStringCmd
@@ -123,22 +130,25 @@ func (q *Queue) find(ctx context.Context, id string) (queue.Info, error) {
 		return nil
 	})
 	if err != nil {
-		return queue.Info{}, fmt.Errorf("redisqueue: get job %s: %w", id, err)
+		return found{}, fmt.Errorf("redisqueue: get job %s: %w", id, err)
 	}
-	for _, c := range tasks {
+	for i, c := range tasks {
 		if h := c.Val(); len(h) > 0 {
-			return infoOfTask(id, h)
+			info, group, err := infoOfTask(id, h)
+			return found{info, queues[i], group}, err
 		}
 	}
 	if h := dead.Val(); len(h) > 0 {
-		return infoOfDead(id, h)
+		info, group, err := infoOfDead(id, h)
+		return found{info, "", group}, err
 	}
-	return queue.Info{}, fmt.Errorf("redisqueue: job %s: %w", id, queue.ErrNotFound)
+	return found{}, fmt.Errorf("redisqueue: job %s: %w", id, queue.ErrNotFound)
 }
 
 // Get returns one job by ID.
 func (q *Queue) Get(ctx context.Context, id string) (queue.Info, error) {
-	return q.find(ctx, id)
+	f, err := q.find(ctx, id)
+	return f.Info, err
 }
 
 // candidates lists the IDs in asynq's structures that may hold jobs in state
@@ -204,7 +214,7 @@ func (q *Queue) scan(ctx context.Context, s queue.State, both bool, fn func(queu
 				if len(h) == 0 {
 					continue // gone meanwhile
 				}
-				info, err := infoOfTask(chunk[i], h)
+				info, _, err := infoOfTask(chunk[i], h)
 				if err != nil {
 					return err
 				}
@@ -302,7 +312,7 @@ func (q *Queue) listDead(ctx context.Context, limit int) ([]queue.Info, error) {
 	infos := make([]queue.Info, 0, len(ids))
 	for i, c := range cmds {
 		if h := c.Val(); len(h) > 0 {
-			info, err := infoOfDead(ids[i], h)
+			info, _, err := infoOfDead(ids[i], h)
 			if err != nil {
 				return nil, err
 			}
@@ -315,45 +325,54 @@ func (q *Queue) listDead(ctx context.Context, limit int) ([]queue.Info, error) {
 	return infos, nil
 }
 
-// replayScript turns a dead record back into a pending asynq task.
-// KEYS: dead record, dead set, task, pending list. ARGV: message, id, now
-// (ns), queue, number of errors so far. Returns 1, 0 if the record is gone,
-// -1 if asynq still holds the task.
-var replayScript = redis.NewScript(`
+// replayScript turns a dead record back into a pending asynq task, in the
+// tier of a job of its group enqueued now (fair.go).
+// KEYS: dead record, dead set. ARGV: message around the queue name (two
+// parts), id, now (ns), queue, number of errors so far, group. Returns 1, 0
+// if the record is gone, -1 if asynq still holds the task.
+var replayScript = redis.NewScript(placeLua + `
 if redis.call("EXISTS", KEYS[1]) == 0 then
 	return 0
 end
-if redis.call("EXISTS", KEYS[3]) == 1 then
-	return -1
+local id, q = ARGV[3], ARGV[5]
+for t = 1, ` + strconv.Itoa(queue.FairTiers) + ` do
+	local sq = q
+	if t > 1 then sq = q .. ":" .. t end
+	if redis.call("EXISTS", "asynq:{" .. sq .. "}:t:" .. id) == 1 then
+		return -1
+	end
 end
+local sq = place(q, ARGV[7], id)
+local task = "asynq:{" .. sq .. "}:t:" .. id
 local errs = redis.call("HGET", KEYS[1], "errors")
-redis.call("HSET", KEYS[3], "msg", ARGV[1], "state", "pending", "pending_since", ARGV[3], "klectr:base", ARGV[5])
+redis.call("HSET", task, "msg", ARGV[1] .. string.char(34, #sq) .. sq .. ARGV[2], "state", "pending", "pending_since", ARGV[4], "klectr:base", ARGV[6])
 if errs and errs ~= "[]" then
-	redis.call("HSET", KEYS[3], "klectr:errors", errs)
+	redis.call("HSET", task, "klectr:errors", errs)
 end
-redis.call("LPUSH", KEYS[4], ARGV[2])
-redis.call("SADD", "asynq:queues", ARGV[4])
+redis.call("LPUSH", "asynq:{" .. sq .. "}:pending", id)
+redis.call("SADD", "asynq:queues", sq)
 redis.call("DEL", KEYS[1])
-redis.call("ZREM", KEYS[2], ARGV[2])
+redis.call("ZREM", KEYS[2], id)
 return 1`)
 
 // Retry replays a dead job: pending now, with a fresh attempt budget from
-// this Queue's Policy. Its ID, payload, EnqueuedAt and error history stay.
+// this Queue's Policy. Its ID, payload, group, EnqueuedAt and error history
+// stay.
 func (q *Queue) Retry(ctx context.Context, id string) error {
-	info, err := q.find(ctx, id)
+	f, err := q.find(ctx, id)
 	if err != nil {
 		return err
 	}
-	if info.State != queue.Dead {
+	if f.State != queue.Dead {
 		return fmt.Errorf("redisqueue: retry job %s: %w", id, queue.ErrNotDead)
 	}
-	msg, err := q.newMessage(id, info.Queue, info.Payload, info.EnqueuedAt)
+	m, err := q.newMessage(id, f.group, f.Payload, f.EnqueuedAt)
 	if err != nil {
 		return err
 	}
-	n, err := replayScript.Run(ctx, q.rdb,
-		[]string{deadKey(id), deadSetKey, taskKey(info.Queue, id), pendingKey(info.Queue)},
-		msg, id, time.Now().UnixNano(), info.Queue, len(info.Errors)).Int()
+	head, tail := m.encodeAround()
+	n, err := replayScript.Run(ctx, q.rdb, []string{deadKey(id), deadSetKey},
+		head, tail, id, time.Now().UnixNano(), f.Queue, len(f.Errors), f.group).Int()
 	switch {
 	case err != nil:
 		return fmt.Errorf("redisqueue: retry job %s: %w", id, err)
@@ -366,9 +385,10 @@ func (q *Queue) Retry(ctx context.Context, id string) error {
 }
 
 // deleteScript removes a job that is not running: its asynq task (from the
-// structure its state names) and its dead record.
-// KEYS: task, dead record, dead set. ARGV: id, asynq key prefix of its
-// queue. Returns 1, 0 if nothing was there, -1 if it is active.
+// structure its state names), its dead record, and its place in its
+// group's backlog.
+// KEYS: task, dead record, dead set, group set. ARGV: id, asynq key prefix
+// of its queue. Returns 1, 0 if nothing was there, -1 if it is active.
 var deleteScript = redis.NewScript(`
 local state = redis.call("HGET", KEYS[1], "state")
 if state == "active" then
@@ -389,16 +409,21 @@ if redis.call("DEL", KEYS[2]) == 1 then
 	found = 1
 end
 redis.call("ZREM", KEYS[3], ARGV[1])
+redis.call("ZREM", KEYS[4], ARGV[1])
 return found`)
 
 // Delete removes a job in any state but active.
 func (q *Queue) Delete(ctx context.Context, id string) error {
-	info, err := q.find(ctx, id)
+	f, err := q.find(ctx, id)
 	if err != nil {
 		return err
 	}
-	n, err := deleteScript.Run(ctx, q.rdb, []string{taskKey(info.Queue, id), deadKey(id), deadSetKey},
-		id, queuePrefix(info.Queue)).Int()
+	aq := f.asynqQueue
+	if aq == "" {
+		aq = f.Queue // a dead record: no task
+	}
+	n, err := deleteScript.Run(ctx, q.rdb, []string{taskKey(aq, id), deadKey(id), deadSetKey, groupKey(f.Queue, f.group)},
+		id, queuePrefix(aq)).Int()
 	switch {
 	case err != nil:
 		return fmt.Errorf("redisqueue: delete job %s: %w", id, err)

@@ -5,7 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/klectr/klectr/internal/queue"
 )
 
 // taskMessage is the part of asynq's task message (the protobuf
@@ -38,6 +43,14 @@ const (
 // encode marshals m as proto3 does: fields in number order, zero values
 // left out.
 func (m *taskMessage) encode() []byte {
+	head, tail := m.encodeAround()
+	return slices.Concat(head, queueField(m.Queue), tail)
+}
+
+// encodeAround is encode in two parts, before and after field 4, the queue
+// name, for a script that chooses the queue: it writes queueField of its
+// choice between them.
+func (m *taskMessage) encodeAround() (head, tail []byte) {
 	b := make([]byte, 0, 64+len(m.Payload))
 	str := func(field int, s []byte) {
 		if len(s) > 0 {
@@ -55,7 +68,7 @@ func (m *taskMessage) encode() []byte {
 	str(1, []byte(m.Type))
 	str(2, m.Payload)
 	str(3, []byte(m.ID))
-	str(4, []byte(m.Queue))
+	head, b = b, nil
 	num(5, m.Retry)
 	num(6, m.Retried)
 	str(7, []byte(m.ErrorMsg))
@@ -63,7 +76,20 @@ func (m *taskMessage) encode() []byte {
 	num(11, m.LastFailedAt)
 	num(12, m.Retention)
 	num(13, m.CompletedAt)
-	return b
+	return head, b
+}
+
+// queueField is field 4 of a task message. The scripts write it as
+// string.char(34, #q) .. q: a tag byte, then the length in one byte, which
+// holds for names shorter than 128 bytes (queueName and subQueue keep them
+// so).
+func queueField(q string) []byte {
+	if q == "" {
+		return nil
+	}
+	b := binary.AppendUvarint(nil, 4<<3|wireBytes)
+	b = binary.AppendUvarint(b, uint64(len(q)))
+	return append(b, q...)
 }
 
 // decodeTaskMessage reads the fields of taskMessage and skips the others.
@@ -142,6 +168,7 @@ const taskType = "klectr"
 // Retry writes a new one.
 type envelope struct {
 	Payload     json.RawMessage `json:"payload"`
+	Group       string          `json:"group,omitempty"`
 	EnqueuedAt  time.Time       `json:"enqueuedAt"`
 	MaxAttempts int             `json:"maxAttempts"`
 }
@@ -160,7 +187,33 @@ const (
 	allQueuesKey = "asynq:queues"
 	deadSetKey   = "klectr:dead" // sorted set: id by EnqueuedAt, µs
 	deadKeyPart  = "klectr:dead:"
+	groupKeyPart = "klectr:fair:" // + queue + ":" + group: sorted set of waiting ids by tier
 )
+
+// subQueue is the asynq queue that holds the jobs of queue q in a tier:
+// q itself for tier 1 (so jobs enqueued before tiers existed stay where
+// they are), "q:2" to "q:4" for the others. Queue names have no ':'.
+func subQueue(q string, tier int) string {
+	if tier == 1 {
+		return q
+	}
+	return q + ":" + strconv.Itoa(tier)
+}
+
+// subQueues lists the asynq queues of q, tier 1 first.
+func subQueues(q string) []string {
+	qs := make([]string, queue.FairTiers)
+	for t := range qs {
+		qs[t] = subQueue(q, t+1)
+	}
+	return qs
+}
+
+// baseQueue is the queue of sub-queue sq.
+func baseQueue(sq string) string {
+	q, _, _ := strings.Cut(sq, ":")
+	return q
+}
 
 func queuePrefix(q string) string       { return "asynq:{" + q + "}:" }
 func taskKey(q, id string) string       { return queuePrefix(q) + "t:" + id }
@@ -171,6 +224,7 @@ func retryKey(q string) string          { return queuePrefix(q) + "retry" }
 func completedKey(q string) string      { return queuePrefix(q) + "completed" }
 func leaseKey(q string) string          { return queuePrefix(q) + "lease" }
 func deadKey(id string) string          { return deadKeyPart + id }
+func groupKey(q, group string) string   { return groupKeyPart + q + ":" + group }
 func enqueueScore(at time.Time) float64 { return float64(at.UnixMicro()) }
 
 // Fields of ours in asynq's task hash (asynq sets only msg, state,

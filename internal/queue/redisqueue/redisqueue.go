@@ -38,6 +38,12 @@
 //     against asynq's Inspector and must pass before asynq is upgraded.
 //     Keys are built inside the scripts, so Redis must be a single node (or
 //     Sentinel), not Cluster.
+//   - Fairness between groups (queue.Backend): each queue q is served as
+//     four asynq queues, q itself (tier 1) and q:2 to q:4, in strict
+//     priority; the enqueue script chooses a job's tier from its group's
+//     backlog, a sorted set klectr:fair:<queue>:<group> that the worker
+//     empties as jobs start (fair.go). asynq's own tools show the tiers as
+//     queues; this package's admin calls show the queue.
 //   - Counts and List read every job of the states they report except the
 //     dead ones (an admin's call, not a probe's: use Ping for readiness).
 package redisqueue
@@ -245,14 +251,16 @@ func (q *Queue) CheckPersistence(ctx context.Context) (warnings []string, err er
 }
 
 // enqueueScript stores jobs all or none. ARGV holds, per job, its id, its
-// queue and its encoded asynq message, then the time in ns. It returns 0, or the 1-based index of the first job whose ID is taken:
-// by an asynq task of any queue or by a dead job.
-var enqueueScript = redis.NewScript(`
-local n = (#ARGV - 1) / 3
+// queue, its group and its encoded asynq message in two parts (around the
+// queue name, which the script chooses), then the time in ns. It returns 0,
+// or the 1-based index of the first job whose ID is taken: by an asynq task
+// of any queue or by a dead job.
+var enqueueScript = redis.NewScript(placeLua + `
+local n = (#ARGV - 1) / 5
 local now = ARGV[#ARGV]
 local queues = redis.call("SMEMBERS", "asynq:queues")
 for i = 1, n do
-	local id, q = ARGV[3*i-2], ARGV[3*i-1]
+	local id, q = ARGV[5*i-4], ARGV[5*i-3]
 	if redis.call("EXISTS", "klectr:dead:" .. id, "asynq:{" .. q .. "}:t:" .. id) > 0 then
 		return i
 	end
@@ -263,10 +271,12 @@ for i = 1, n do
 	end
 end
 for i = 1, n do
-	local id, q = ARGV[3*i-2], ARGV[3*i-1]
-	redis.call("HSET", "asynq:{" .. q .. "}:t:" .. id, "msg", ARGV[3*i], "state", "pending", "pending_since", now)
-	redis.call("LPUSH", "asynq:{" .. q .. "}:pending", id)
-	redis.call("SADD", "asynq:queues", q)
+	local id, q, g = ARGV[5*i-4], ARGV[5*i-3], ARGV[5*i-2]
+	local sq = place(q, g, id)
+	redis.call("HSET", "asynq:{" .. sq .. "}:t:" .. id, "msg", ARGV[5*i-1] .. string.char(34, #sq) .. sq .. ARGV[5*i],
+		"state", "pending", "pending_since", now)
+	redis.call("LPUSH", "asynq:{" .. sq .. "}:pending", id)
+	redis.call("SADD", "asynq:queues", sq)
 end
 return 0`)
 
@@ -279,7 +289,7 @@ func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
 	}
 	now := time.Now()
 	seen := make(map[string]bool, len(jobs))
-	args := make([]any, 0, 3*len(jobs)+1)
+	args := make([]any, 0, 5*len(jobs)+1)
 	for i := range jobs {
 		j := &jobs[i]
 		if err := j.Validate(); err != nil {
@@ -296,11 +306,12 @@ func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
 		if at.IsZero() {
 			at = now
 		}
-		msg, err := q.newMessage(j.ID, j.Queue, j.Payload, at.UTC())
+		m, err := q.newMessage(j.ID, j.Group, j.Payload, at.UTC())
 		if err != nil {
 			return err
 		}
-		args = append(args, j.ID, j.Queue, msg)
+		head, tail := m.encodeAround()
+		args = append(args, j.ID, j.Queue, j.Group, head, tail)
 	}
 	args = append(args, now.UnixNano())
 	n, err := enqueueScript.Run(ctx, q.rdb, nil, args...).Int()
@@ -315,24 +326,23 @@ func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
 
 // newMessage is the asynq message of a job's new life: no attempt yet, this
 // Queue's Policy. asynq's own retry limit is set out of reach: this package
-// decides when a job is dead (see worker.go).
-func (q *Queue) newMessage(id, qname string, payload json.RawMessage, at time.Time) ([]byte, error) {
-	env, err := json.Marshal(envelope{Payload: payload, EnqueuedAt: at, MaxAttempts: q.cfg.Policy.MaxAttempts()})
+// decides when a job is dead (see worker.go). Its queue is left for the
+// script that stores it to choose (encodeAround).
+func (q *Queue) newMessage(id, group string, payload json.RawMessage, at time.Time) (taskMessage, error) {
+	env, err := json.Marshal(envelope{Payload: payload, Group: group, EnqueuedAt: at, MaxAttempts: q.cfg.Policy.MaxAttempts()})
 	if err != nil {
-		return nil, fmt.Errorf("redisqueue: job %s: %w", id, err)
+		return taskMessage{}, fmt.Errorf("redisqueue: job %s: %w", id, err)
 	}
-	m := taskMessage{
+	return taskMessage{
 		Type:    taskType,
 		Payload: env,
 		ID:      id,
-		Queue:   qname,
 		Retry:   asynqRetryLimit,
 		// asynq's own deadline is only a backstop: the worker applies its
 		// JobTimeout.
 		Timeout:   int64(asynqTimeout / time.Second),
 		Retention: int64(q.cfg.CompletedRetention / time.Second),
-	}
-	return m.encode(), nil
+	}, nil
 }
 
 const (
@@ -359,15 +369,18 @@ func (q *Queue) Known(ctx context.Context, id string) (bool, error) {
 	return n > 0, nil
 }
 
-// queues lists every queue that has had a job, and this Queue's own.
+// queues lists every asynq queue that has had a job, and this Queue's own
+// with their tiers' sub-queues.
 func (q *Queue) queues(ctx context.Context) ([]string, error) {
 	names, err := q.rdb.SMembers(ctx, allQueuesKey).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redisqueue: list queues: %w", err)
 	}
 	for _, own := range q.cfg.Queues {
-		if !slices.Contains(names, own) {
-			names = append(names, own)
+		for _, sq := range subQueues(own) {
+			if !slices.Contains(names, sq) {
+				names = append(names, sq)
+			}
 		}
 	}
 	return names, nil

@@ -32,6 +32,9 @@ import (
 //     without running it, so a job that kills its worker cannot loop.
 //   - context.Canceled while Stop cancels: returned as interrupted, which
 //     asynq neither counts (IsFailure) nor delays: the job waits as before.
+//   - Snooze: returned as snoozed, which asynq does not count (IsFailure)
+//     and schedules after the snooze (RetryDelay): the job waits as before,
+//     its retried count and history unchanged.
 
 // Start works jobs until Stop, if the Queue has a Handler; otherwise it does
 // nothing. With RecoverOnStart it first hands every running job to asynq's
@@ -50,17 +53,14 @@ func (q *Queue) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	prio := make(map[string]int, len(q.cfg.Queues))
-	for _, name := range q.cfg.Queues {
-		prio[name] = 1
-	}
 	q.srv = asynq.NewServerFromRedisClient(q.rdb, asynq.Config{
 		Concurrency:              q.cfg.Concurrency,
-		Queues:                   prio,
+		Queues:                   fairPriorities(q.cfg.Queues),
+		StrictPriority:           true,
 		TaskCheckInterval:        q.cfg.PollInterval,
 		DelayedTaskCheckInterval: q.cfg.PollInterval,
 		RetryDelayFunc:           q.retryDelay,
-		IsFailure:                func(err error) bool { return !errors.As(err, new(*interrupted)) },
+		IsFailure:                func(err error) bool { return !uncounted(err) },
 		// Stop waits for handlers itself; asynq's own deadline only puts
 		// back the jobs of handlers that ignored their cancellation.
 		ShutdownTimeout: time.Second,
@@ -182,6 +182,21 @@ type interrupted struct{ err error }
 func (e *interrupted) Error() string { return e.err.Error() }
 func (e *interrupted) Unwrap() error { return e.err }
 
+// snoozed marks a run the handler snoozed: asynq puts the job back for d
+// without counting the attempt.
+type snoozed struct {
+	err error
+	d   time.Duration
+}
+
+func (e *snoozed) Error() string { return e.err.Error() }
+func (e *snoozed) Unwrap() error { return e.err }
+
+// uncounted reports a run that asynq must not count as an attempt.
+func uncounted(err error) bool {
+	return errors.As(err, new(*interrupted)) || errors.As(err, new(*snoozed))
+}
+
 // retryDelay is asynq's RetryDelayFunc: n is the number of attempts that
 // failed before the one that just failed. The delay is rounded up to the
 // next whole second, as asynq schedules retries in seconds.
@@ -189,8 +204,12 @@ func (q *Queue) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	if errors.As(err, new(*interrupted)) {
 		return 0
 	}
+	var s *snoozed
 	d, ok := queue.RetryDelay(err)
-	if !ok {
+	switch {
+	case errors.As(err, &s):
+		d = s.d
+	case !ok:
 		d = q.cfg.Policy.Delay(n + 1)
 	}
 	now := time.Now()
@@ -201,12 +220,16 @@ func (q *Queue) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	return at.Sub(now)
 }
 
-// beginScript runs before each delivery. It reports whether the job is
-// already dead (a worker lost between writing the dead record and
-// asynq's deletion), and records an error for every earlier attempt of this
-// life that ended without one (its worker was lost).
-// KEYS: task, dead record. ARGV: attempts before this one, message.
+// beginScript runs before each delivery but a first attempt's. It takes
+// the job off its group's backlog (fair.go) in case the worker of its first
+// attempt was lost before that, reports whether the job is already dead (a
+// worker lost between writing the dead record and asynq's deletion), and
+// records an error for every earlier attempt of this life that ended
+// without one (its worker was lost).
+// KEYS: task, dead record, group set. ARGV: attempts before this one,
+// message, id.
 var beginScript = redis.NewScript(`
+redis.call("ZREM", KEYS[3], ARGV[3])
 if redis.call("EXISTS", KEYS[2]) == 1 then
 	return 1
 end
@@ -285,10 +308,17 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	defer q.run.end(&cancel)
 
 	tk := taskKey(qname, id)
-	// A first attempt has no earlier one to record, and cannot have a dead
-	// record: the lost worker's run would have counted.
-	if retried > 0 {
-		dead, err := beginScript.Run(ctx, q.rdb, []string{tk, deadKey(id)}, retried, lostAttempt).Int()
+	base := baseQueue(qname)
+	env, envErr := decodeEnvelope(id, t.Payload())
+	gk := groupKey(base, env.Group)
+	if retried == 0 {
+		// A first attempt cannot have a dead record nor an earlier attempt
+		// to record: the lost worker's run would have counted.
+		if err := q.rdb.ZRem(ctx, gk, id).Err(); err != nil {
+			log.WarnContext(ctx, "could not take the job off its group's backlog; the next enqueue of the group will", "error", err.Error())
+		}
+	} else {
+		dead, err := beginScript.Run(ctx, q.rdb, []string{tk, deadKey(id), gk}, retried, lostAttempt, id).Int()
 		if err != nil {
 			log.WarnContext(ctx, "could not read the job's history; running it anyway", "error", err.Error())
 		}
@@ -297,10 +327,9 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 			return asynq.RevokeTask
 		}
 	}
-	env, err := decodeEnvelope(id, t.Payload())
-	if err != nil {
-		log.ErrorContext(ctx, "undecodable job; dead", "error", err.Error())
-		return q.markDead(ctx, log, qname, id, t.Payload(), envelope{MaxAttempts: attempt}, attempt, err)
+	if envErr != nil {
+		log.ErrorContext(ctx, "undecodable job; dead", "error", envErr.Error())
+		return q.markDead(ctx, log, qname, id, t.Payload(), envelope{MaxAttempts: attempt}, attempt, envErr)
 	}
 	log = log.With("maxAttempts", env.MaxAttempts)
 	if attempt > env.MaxAttempts {
@@ -309,8 +338,8 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 		return q.markDead(ctx, log, qname, id, t.Payload(), env, env.MaxAttempts, nil)
 	}
 
-	job := &queue.Job{ID: id, Queue: qname, Payload: env.Payload, Attempt: attempt, MaxAttempts: env.MaxAttempts, EnqueuedAt: env.EnqueuedAt}
-	err = q.call(hctx, job)
+	job := &queue.Job{ID: id, Queue: base, Group: env.Group, Payload: env.Payload, Attempt: attempt, MaxAttempts: env.MaxAttempts, EnqueuedAt: env.EnqueuedAt}
+	err := q.call(hctx, job)
 	if err == nil {
 		return nil
 	}
@@ -326,6 +355,10 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	case queue.IsPermanent(err):
 		log.WarnContext(ctx, "job failed permanently; dead")
 		return q.markDead(ctx, log, qname, id, t.Payload(), env, attempt, err)
+	case isSnooze(err):
+		d, _ := queue.SnoozeDelay(err)
+		log.DebugContext(ctx, "job snoozed; attempt not counted", "for", d)
+		return &snoozed{err: err, d: d}
 	case attempt >= env.MaxAttempts:
 		log.WarnContext(ctx, "job failed on its last attempt; dead")
 		return q.markDead(ctx, log, qname, id, t.Payload(), env, attempt, err)
@@ -335,6 +368,11 @@ func (q *Queue) process(ctx context.Context, t *asynq.Task) error {
 	}
 	log.InfoContext(ctx, "job failed; will retry")
 	return err
+}
+
+func isSnooze(err error) bool {
+	_, ok := queue.SnoozeDelay(err)
+	return ok
 }
 
 // call runs the handler, turning a panic into an error.
@@ -347,7 +385,8 @@ func (q *Queue) call(ctx context.Context, job *queue.Job) (err error) {
 	return q.cfg.Handler.ProcessJob(ctx, job)
 }
 
-// markDead writes the dead record and tells asynq to delete the task. If
+// markDead writes the dead record (of queue baseQueue(qname)) and tells
+// asynq to delete the task of sub-queue qname. If
 // the record cannot be written, the error goes back to asynq, which retries
 // the job: its next delivery, beyond the last attempt, makes it dead.
 func (q *Queue) markDead(ctx context.Context, log *slog.Logger, qname, id string, rawEnv []byte, env envelope, attempt int, cause error) error {
@@ -356,7 +395,7 @@ func (q *Queue) markDead(ctx context.Context, log *slog.Logger, qname, id string
 		last = errorText(cause)
 	}
 	err := markDeadScript.Run(ctx, q.rdb, []string{taskKey(qname, id), deadKey(id), deadSetKey},
-		last, id, enqueueScore(env.EnqueuedAt), qname, string(rawEnv), attempt, time.Now().UnixNano()).Err()
+		last, id, enqueueScore(env.EnqueuedAt), baseQueue(qname), string(rawEnv), attempt, time.Now().UnixNano()).Err()
 	if err != nil {
 		log.ErrorContext(ctx, "could not record the dead job; asynq will deliver it again", "recordError", err.Error())
 		if cause == nil {
@@ -379,12 +418,14 @@ return #ids`)
 
 func (q *Queue) expireLeases(ctx context.Context) error {
 	for _, name := range q.cfg.Queues {
-		n, err := expireLeasesScript.Run(ctx, q.rdb, []string{leaseKey(name)}).Int()
-		if err != nil {
-			return fmt.Errorf("redisqueue: recover on start: %w", err)
-		}
-		if n > 0 {
-			q.log.WarnContext(ctx, "recovering jobs interrupted by a previous process", "queue", name, "jobs", n)
+		for _, sq := range subQueues(name) {
+			n, err := expireLeasesScript.Run(ctx, q.rdb, []string{leaseKey(sq)}).Int()
+			if err != nil {
+				return fmt.Errorf("redisqueue: recover on start: %w", err)
+			}
+			if n > 0 {
+				q.log.WarnContext(ctx, "recovering jobs interrupted by a previous process", "queue", sq, "jobs", n)
+			}
 		}
 	}
 	return nil

@@ -182,14 +182,26 @@ func (q *Queue) RetryTx(ctx context.Context, tx *sql.Tx, id string) error {
 	if state != string(rivertype.JobStateDiscarded) && state != string(rivertype.JobStateCancelled) {
 		return fmt.Errorf("riverqueue: retry job %s: %w", id, queue.ErrNotDead)
 	}
+	// Replayed, it waits for a first attempt again: its tier is that of a
+	// job of its group enqueued now.
+	var qname, group string
+	err = tx.QueryRowContext(ctx, `SELECT queue, ifnull(json_extract(args, '$.group'), '') FROM river_job WHERE id = ?`, rid).Scan(&qname, &group)
+	if err != nil {
+		return fmt.Errorf("riverqueue: retry job %s: %w", id, err)
+	}
+	tier, err := tiers{}.next(ctx, tx, qname, group)
+	if err != nil {
+		return err
+	}
 	_, err = tx.ExecContext(ctx, `UPDATE river_job SET
 			state = 'available',
+			priority = ?,
 			attempt = 0,
 			max_attempts = ?,
 			finalized_at = NULL,
 			scheduled_at = datetime('now', 'subsec'),
 			metadata = jsonb_remove(metadata, '$.cancel_attempted_at')
-		WHERE id = ?`, q.cfg.Policy.MaxAttempts(), rid)
+		WHERE id = ?`, tier, q.cfg.Policy.MaxAttempts(), rid)
 	if err != nil {
 		return fmt.Errorf("riverqueue: retry job %s: %w", id, err)
 	}

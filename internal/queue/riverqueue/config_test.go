@@ -49,9 +49,9 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-// Admin calls find jobs by our ID through the index New creates, not by
-// scanning river_job.
-func TestJobIDLookupUsesTheIndex(t *testing.T) {
+// Admin calls find jobs by our ID, and Enqueue counts a group's backlog,
+// through the indexes New creates, not by scanning river_job.
+func TestLookupsUseTheirIndex(t *testing.T) {
 	t.Parallel()
 	db, err := sqlitedb.Open(context.Background(), filepath.Join(t.TempDir(), "k.db"))
 	if err != nil {
@@ -61,7 +61,23 @@ func TestJobIDLookupUsesTheIndex(t *testing.T) {
 	if _, err := New(context.Background(), db, Config{}); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+findByID, kind, "x")
+	for _, c := range []struct {
+		query, index string
+		args         []any
+	}{
+		{findByID, idIndexName, []any{kind, "x"}},
+		{backlogSQL, groupIndexName, []any{queue.AIProcessing, "user"}},
+	} {
+		plan := queryPlan(t, db, c.query, c.args...)
+		if !strings.Contains(plan, c.index) || strings.Contains(plan, "SCAN river_job") {
+			t.Errorf("%s\ndoes not search %s:\n%s", c.query, c.index, plan)
+		}
+	}
+}
+
+func queryPlan(t *testing.T, db *sqlitedb.DB, query string, args ...any) string {
+	t.Helper()
+	rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+query, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +91,8 @@ func TestJobIDLookupUsesTheIndex(t *testing.T) {
 		}
 		plan.WriteString(detail + "\n")
 	}
-	if !strings.Contains(plan.String(), idIndexName) {
-		t.Errorf("lookup by job ID does not use %s:\n%s", idIndexName, plan.String())
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
+	return plan.String()
 }

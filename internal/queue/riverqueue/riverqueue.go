@@ -14,6 +14,9 @@
 //     river_job;
 //   - Retry gives a dead job a fresh attempt budget (River's own retry only
 //     adds one attempt);
+//   - fairness between groups (queue.Backend): a job's River priority is
+//     its tier, from its group's backlog counted in the enqueue's
+//     transaction (fair.go); River fetches by priority, then age;
 //   - RecoverOnStart makes the jobs a dead process left running available
 //     again at Start, instead of after River's stuck-job rescue (at least
 //     RescueStuckJobsAfter plus up to 30 s).
@@ -210,6 +213,9 @@ func (q *Queue) migrate(ctx context.Context) error {
 		if _, err := tx.ExecContext(ctx, idIndex); err != nil {
 			return fmt.Errorf("riverqueue: create job id index: %w", err)
 		}
+		if _, err := tx.ExecContext(ctx, groupIndex); err != nil {
+			return fmt.Errorf("riverqueue: create job group index: %w", err)
+		}
 		return nil
 	})
 }
@@ -244,51 +250,48 @@ func (q *Queue) riverConfig() *river.Config {
 // connection it would wait for that transaction until ctx ends. Use EnqueueTx
 // there.
 func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
-	params, err := q.insertParams(jobs)
-	if err != nil || len(params) == 0 {
-		return err
+	if len(jobs) == 0 {
+		return nil
 	}
-	if _, err := q.client.InsertMany(ctx, params); err != nil {
-		return enqueueError(err)
-	}
-	return nil
+	return q.inTx(ctx, func(tx *sql.Tx) error { return q.EnqueueTx(ctx, tx, jobs...) })
 }
 
 // EnqueueTx stores jobs in the caller's transaction on db.Write: they become
 // visible (and durable) when tx commits, and vanish if it rolls back. This is
 // how an upload commits its asset rows and their jobs together.
 func (q *Queue) EnqueueTx(ctx context.Context, tx *sql.Tx, jobs ...queue.Job) error {
-	params, err := q.insertParams(jobs)
-	if err != nil || len(params) == 0 {
-		return err
+	if len(jobs) == 0 {
+		return nil
 	}
-	if _, err := q.client.InsertManyTx(ctx, tx, params); err != nil {
-		return enqueueError(err)
-	}
-	return nil
-}
-
-func (q *Queue) insertParams(jobs []queue.Job) ([]river.InsertManyParams, error) {
 	now := time.Now().UTC()
 	params := make([]river.InsertManyParams, 0, len(jobs))
+	tr := tiers{}
 	for i := range jobs {
 		j := &jobs[i]
 		if err := j.Validate(); err != nil {
-			return nil, err
+			return err
 		}
 		at := j.EnqueuedAt
 		if at.IsZero() {
 			at = now
 		}
+		tier, err := tr.next(ctx, tx, j.Queue, j.Group)
+		if err != nil {
+			return err
+		}
 		params = append(params, river.InsertManyParams{
-			Args: jobArgs{ID: j.ID, Payload: j.Payload, EnqueuedAt: at},
+			Args: jobArgs{ID: j.ID, Group: j.Group, Payload: j.Payload, EnqueuedAt: at},
 			InsertOpts: &river.InsertOpts{
 				Queue:       j.Queue,
 				MaxAttempts: q.cfg.Policy.MaxAttempts(),
+				Priority:    tier,
 			},
 		})
 	}
-	return params, nil
+	if _, err := q.client.InsertManyTx(ctx, tx, params); err != nil {
+		return enqueueError(err)
+	}
+	return nil
 }
 
 // enqueueError maps a violation of our job ID index to ErrDuplicate.

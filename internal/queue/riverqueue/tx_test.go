@@ -71,7 +71,10 @@ func TestEnqueueTxIsAtomicWithTheCallersRows(t *testing.T) {
 	db := newDB(t)
 	ran := make(chan string, 1)
 	q := newQueue(t, db, riverqueue.Config{Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
-		ran <- job.ID
+		select {
+		case ran <- job.ID:
+		case <-ctx.Done():
+		}
 		return nil
 	})})
 	if err := q.Start(t.Context()); err != nil {
@@ -109,7 +112,7 @@ func TestEnqueueTxIsAtomicWithTheCallersRows(t *testing.T) {
 	if !rowExists(t, db, "committed") || !jobExists(t, q, "committed") {
 		t.Errorf("after commit: row %v, job %v; want both", rowExists(t, db, "committed"), jobExists(t, q, "committed"))
 	}
-	if id := <-ran; id != "committed" {
+	if id := receive(t, ran, "the committed job to run"); id != "committed" {
 		t.Errorf("ran %q, want only the committed job", id)
 	}
 
@@ -132,7 +135,10 @@ func TestRetryTxIsAtomicWithTheCallersRows(t *testing.T) {
 	var replayed atomic.Bool
 	ran := make(chan int, 2)
 	q := newQueue(t, db, riverqueue.Config{Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
-		ran <- job.Attempt
+		select {
+		case ran <- job.Attempt:
+		case <-ctx.Done():
+		}
 		if !replayed.Load() {
 			return queue.Permanent(errors.New("rejected"))
 		}
@@ -144,7 +150,7 @@ func TestRetryTxIsAtomicWithTheCallersRows(t *testing.T) {
 	if err := q.Enqueue(t.Context(), queue.Job{ID: "j", Queue: queue.AIProcessing, Payload: json.RawMessage(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
-	<-ran
+	receive(t, ran, "the job to run")
 	waitState(t, q, "j", queue.Dead)
 
 	replay := func(commit bool) {
@@ -171,7 +177,7 @@ func TestRetryTxIsAtomicWithTheCallersRows(t *testing.T) {
 	}
 	replayed.Store(true)
 	replay(true)
-	if attempt := <-ran; attempt != 1 || !rowExists(t, db, "replayed") {
+	if attempt := receive(t, ran, "the replayed job to run"); attempt != 1 || !rowExists(t, db, "replayed") {
 		t.Errorf("after a committed replay: ran at attempt %d, row %v; want 1 and the row", attempt, rowExists(t, db, "replayed"))
 	}
 	waitState(t, q, "j", queue.Completed)
@@ -211,7 +217,7 @@ func TestCompleteTxCommitsWithTheHandlersWrites(t *testing.T) {
 	if err := q.Enqueue(t.Context(), queue.Job{ID: "j1", Queue: queue.AIProcessing, Payload: json.RawMessage(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
+	if err := receive(t, done, "the handler to commit"); err != nil {
 		t.Fatalf("handler: %v", err)
 	}
 	// Completed by the handler's commit itself, not later by River.
@@ -245,13 +251,16 @@ func TestRecoverOnStartEndsJobsOnTheirLastAttempt(t *testing.T) {
 
 	ran := make(chan *queue.Job, 2)
 	worker := newQueue(t, db, riverqueue.Config{Policy: policy, RecoverOnStart: true, Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
-		ran <- job
+		select {
+		case ran <- job:
+		case <-ctx.Done():
+		}
 		return nil
 	})})
 	if err := worker.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if j := <-ran; j.ID != "more" || j.Attempt != 2 {
+	if j := receive(t, ran, "the recovered job to run"); j.ID != "more" || j.Attempt != 2 {
 		t.Errorf("ran %s at attempt %d, want more at 2", j.ID, j.Attempt)
 	}
 	info, err := worker.Get(t.Context(), "last")
@@ -271,6 +280,20 @@ func markRunning(t *testing.T, db *sql.DB, id string, attempt int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// receive returns the next value from ch, failing t if none comes within 10
+// s: a regression fails here rather than hanging until the global timeout.
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	var zero T
+	return zero
 }
 
 func waitState(t *testing.T, q *riverqueue.Queue, id string, want queue.State) {

@@ -18,6 +18,7 @@ import (
 // enqueue time as the enqueuer gave it.
 type jobArgs struct {
 	ID         string          `json:"id"`
+	Group      string          `json:"group"`
 	Payload    json.RawMessage `json:"payload"`
 	EnqueuedAt time.Time       `json:"enqueuedAt"`
 }
@@ -26,7 +27,10 @@ func (jobArgs) Kind() string { return kind }
 
 // worker adapts a queue.Handler to River and translates its outcomes:
 // Permanent becomes River's JobCancel (state cancelled, i.e. dead);
-// RetryAfter sets the time NextRetry gives River.
+// RetryAfter sets the time NextRetry gives River; Snooze becomes River's
+// JobSnooze, which in River v0.51 stores the attempt undone (attempt-1,
+// max_attempts unchanged) and no error, so the next run has the same
+// Attempt.
 type worker struct {
 	river.WorkerDefaults[jobArgs]
 	q *Queue
@@ -38,6 +42,7 @@ func (w *worker) Work(ctx context.Context, rj *river.Job[jobArgs]) error {
 	job := &queue.Job{
 		ID:          rj.Args.ID,
 		Queue:       rj.Queue,
+		Group:       rj.Args.Group,
 		Payload:     rj.Args.Payload,
 		Attempt:     rj.Attempt,
 		MaxAttempts: rj.MaxAttempts,
@@ -52,6 +57,10 @@ func (w *worker) Work(ctx context.Context, rj *river.Job[jobArgs]) error {
 	case queue.IsPermanent(err):
 		log.WarnContext(ctx, "job failed permanently; dead")
 		return river.JobCancel(err)
+	case isSnooze(err):
+		d, _ := queue.SnoozeDelay(err)
+		log.DebugContext(ctx, "job snoozed; attempt not counted", "for", d)
+		return river.JobSnooze(d)
 	case errors.Is(ctx.Err(), context.Canceled) && errors.Is(err, context.Canceled):
 		// Most likely Stop cancelled it; River puts it back unattempted.
 		log.InfoContext(ctx, "job interrupted")
@@ -65,6 +74,11 @@ func (w *worker) Work(ctx context.Context, rj *river.Job[jobArgs]) error {
 	}
 	log.InfoContext(ctx, "job failed; will retry")
 	return err
+}
+
+func isSnooze(err error) bool {
+	_, ok := queue.SnoozeDelay(err)
+	return ok
 }
 
 // NextRetry is called by River right after Work failed with a retryable
