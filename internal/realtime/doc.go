@@ -13,8 +13,9 @@
 // namespace "/" only, CONNECT (with the auth payload), CONNECT_ERROR, EVENT,
 // ACK and DISCONNECT. Not supported, on purpose: binary packets (the
 // contract has none; a client sending one is disconnected), namespaces other
-// than "/" (CONNECT_ERROR "Invalid namespace"), rooms that clients join, and
-// connection-state recovery (a reconnecting client authenticates again).
+// than "/" (CONNECT_ERROR "Invalid namespace") and rooms that clients join.
+// Connection state recovery is supported when Options.Backlog is set (see
+// Catching up); a reconnecting client authenticates again in any case.
 // An event a client emits with an ack gets the ack
 // [{"error":{"code":"unknown_event",...}}], since the contract defines none.
 //
@@ -58,6 +59,25 @@
 // every later event. Delivery is at most once per connected socket: an event
 // for a user with no socket here is dropped (the pipeline records the
 // decision to send, not the bus).
+//
+// # Catching up
+//
+// With Options.Backlog (the user's event log, durable and shared by every
+// process), the server does Socket.IO connection state recovery the way the
+// official clients (4.6+) expect it, without keeping sessions in memory: the
+// CONNECT reply is {sid, pid}; every event the Backlog holds is sent with its
+// eventId as a last argument (the offset, which the client keeps); a client
+// that reconnects sends {pid, offset} in its CONNECT auth, and an app that
+// was relaunched may send {lastEventId}. The socket then receives, before
+// anything newer, every event of its user after that position, in the log's
+// order, page by page as it reads; live events arriving meanwhile wait and
+// follow, minus those the replay carried. The reply echoes the client's pid
+// (socket.recovered is true) when the position was found; an unknown or
+// expired one gets a new pid and no replay, so the app refetches. A pid is
+// "<random>.<anchor>", the anchor being the user's newest event when it was
+// issued: a client that received no event before it lost the connection
+// sends no offset and is replayed everything after the anchor. Every read
+// is of the authenticated user's log only.
 //
 // # Authentication and expiry
 //

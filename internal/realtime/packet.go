@@ -200,8 +200,10 @@ func encodeSIO(typ byte, id int64, data []byte) string {
 	return string(eioMessage) + sioPacket{typ: typ, nsp: "/", id: id, data: data}.encode()
 }
 
-// encodeEvent encodes EVENT [name, data] (or [name] when data is empty).
-func encodeEvent(event string, data json.RawMessage) (string, error) {
+// encodeEvent encodes EVENT [name, data] (or [name] when data is empty),
+// with offset as a last argument unless it is "" (connection state
+// recovery: the official clients keep the last one they received).
+func encodeEvent(event string, data json.RawMessage, offset string) (string, error) {
 	name, err := json.Marshal(event)
 	if err != nil {
 		return "", fmt.Errorf("encode event name: %w", err)
@@ -213,6 +215,14 @@ func encodeEvent(event string, data json.RawMessage) (string, error) {
 	if len(data) > 0 {
 		b.WriteByte(',')
 		b.Write(data)
+	}
+	if offset != "" {
+		off, err := json.Marshal(offset)
+		if err != nil {
+			return "", fmt.Errorf("encode offset: %w", err)
+		}
+		b.WriteByte(',')
+		b.Write(off)
 	}
 	b.WriteByte(']')
 	return b.String(), nil

@@ -110,6 +110,21 @@ type Options struct {
 	// MaxPendingPerIP there, or make it negative (no limit).
 	MaxPending      int
 	MaxPendingPerIP int
+
+	// Backlog, when set, turns on connection state recovery, durable: the
+	// CONNECT reply carries a pid, every event named BacklogEvent carries
+	// its data's "eventId" as the Socket.IO offset (a last argument), and a
+	// CONNECT with {pid, offset} (the official clients send them when they
+	// reconnect) or {lastEventId} (an app after a relaunch) first gets, in
+	// order and once, the user's events after that one from the Backlog,
+	// then what happened meanwhile. The client reports recovered when the
+	// position was found; an unknown or expired one replays nothing. Only
+	// the authenticated user's events are ever read. Nil: no recovery, no
+	// pid, no offsets.
+	Backlog Backlog
+	// BacklogEvent is the name of the events Backlog holds, e.g.
+	// "asset_processed"; required with Backlog.
+	BacklogEvent string
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -118,6 +133,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Bus == nil {
 		return o, errors.New("realtime: Options.Bus is required")
+	}
+	if o.Backlog != nil && (o.BacklogEvent == "" || reservedEvents[o.BacklogEvent]) {
+		return o, errors.New("realtime: Options.BacklogEvent must name the Backlog's events")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -281,13 +299,14 @@ func (s *Server) deliver(m Message) {
 	if len(socks) == 0 {
 		return
 	}
-	pkt, err := encodeEvent(m.Event, m.Data)
+	id := s.opts.offsetOf(m)
+	pkt, err := encodeEvent(m.Event, m.Data, id)
 	if err != nil {
 		s.log.Warn("dropped unencodable bus message", "userId", m.UserID, "event", m.Event, "err", err)
 		return
 	}
 	for _, sock := range socks {
-		sock.emit(m.UserID, pkt)
+		sock.emit(m.UserID, pkt, id)
 	}
 }
 

@@ -80,6 +80,11 @@ type session struct {
 
 	connected bool
 	userID    string
+	// catching is the socket's replay in progress (Options.Backlog); while
+	// it is set, live events wait in it. replayed holds the ids of the
+	// replay's last page, so a late live copy of one is dropped.
+	catching  *catchup
+	replayed  map[string]struct{}
 	expiresAt time.Time
 	connTimer *time.Timer
 	expTimer  *time.Timer
@@ -181,16 +186,29 @@ func (s *session) push(pkt string) {
 	}
 }
 
-// emit queues an event for userID's socket. It drops the event when the
-// socket is not (or no longer) that user's, or its token has expired; it
-// disconnects the socket when its queue is full.
-func (s *session) emit(userID, pkt string) {
+// emit queues an event for userID's socket; id is its offset ("" for an
+// event the Backlog does not hold). It drops the event when the socket is
+// not (or no longer) that user's, or its token has expired, or the socket's
+// replay carried it; it holds it while a replay runs; it disconnects the
+// socket when its queue (or what its replay holds) is full.
+func (s *session) emit(userID, pkt, id string) {
 	s.mu.Lock()
 	if s.state != stateOpen || !s.connected || s.userID != userID || !s.srv.now().Before(s.expiresAt) {
 		s.mu.Unlock()
 		return
 	}
-	ok := s.appendLocked(pkt)
+	if _, dup := s.replayed[id]; id != "" && dup {
+		s.mu.Unlock()
+		return
+	}
+	var ok bool
+	if c := s.catching; c != nil {
+		if ok = len(c.held) < max(1, s.srv.opts.SendQueue/2); ok {
+			c.held = append(c.held, heldEvent{id, pkt})
+		}
+	} else {
+		ok = s.appendLocked(pkt)
+	}
 	s.mu.Unlock()
 	if !ok {
 		s.close(reasonQueueFull, false)
@@ -399,11 +417,21 @@ func (s *session) connect(auth json.RawMessage) {
 	s.connTimer.Stop()
 	s.srv.authenticated(s)
 	s.expTimer = time.AfterFunc(exp.Sub(s.srv.now()), s.expire)
+	transport := s.transport
+	if s.srv.opts.Backlog != nil {
+		// The reply waits for the replay's first page: its pid tells the
+		// client whether it recovered.
+		c := &catchup{replayed: make(map[string]struct{})}
+		s.catching, s.replayed = c, nil
+		s.mu.Unlock()
+		s.log.Info("socket connected", "userId", userID, "transport", transport)
+		go s.catchUp(c, userID, resumeFrom(auth))
+		return
+	}
 	reply, _ := json.Marshal(struct {
 		SID string `json:"sid"`
 	}{s.sockID})
 	ok := s.appendLocked(encodeSIO(sioConnect, -1, reply))
-	transport := s.transport
 	s.mu.Unlock()
 	if !ok {
 		s.close(reasonQueueFull, false)
@@ -436,6 +464,7 @@ func (s *session) leave() {
 	}
 	s.srv.reg.remove(s.userID, s)
 	s.connected = false
+	s.catching, s.replayed = nil, nil
 	s.expTimer.Stop()
 	s.connTimer.Reset(s.srv.opts.ConnectTimeout)
 	s.log.Info("socket disconnected", "userId", s.userID, "reason", "client disconnect")
@@ -484,6 +513,9 @@ func (s *session) writeLoop(c *websocket.Conn) {
 		s.mu.Lock()
 		batch := s.queue
 		s.queue = nil
+		if len(batch) > 0 {
+			s.notifyLocked() // room in the queue, for a replay waiting for it
+		}
 		state, changed, code := s.state, s.changed, s.closeCode
 		s.mu.Unlock()
 		for _, pkt := range batch {

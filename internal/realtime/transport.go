@@ -198,6 +198,9 @@ func (sess *session) servePoll(w http.ResponseWriter, r *http.Request) {
 	}
 	batch := sess.queue
 	sess.queue = nil
+	if len(batch) > 0 {
+		sess.notifyLocked() // room in the queue, for a replay waiting for it
+	}
 	state := sess.state
 	sess.polling = false
 	sess.mu.Unlock()

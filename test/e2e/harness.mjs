@@ -6,6 +6,9 @@
 //   {"op":"connect","name":"a","url":"http://127.0.0.1:1234","opts":{...}}
 //       opens io(url, {forceNew: true, ...opts}) as socket "name"
 //   {"op":"disconnect","name":"a"}          socket.disconnect()
+//   {"op":"cut","name":"a"}                 socket.io.engine.close(): the
+//       connection drops as on a network loss; the client reconnects by
+//       itself after its reconnectionDelay
 //   {"op":"emitWithAck","name":"a","event":"hello","args":[1]}
 //   {"op":"churn","name":"c","url":...,"opts":{...},"rounds":1000,"lanes":2}
 //       in each lane, rounds/lanes times: connect a new socket while the
@@ -14,7 +17,8 @@
 //   {"op":"exit"}
 //
 // Output lines: {"name","ev":"open"|"connect"|"connect_error"|"disconnect"|"event"|
-// "upgrade"|"reconnect"|"ack"|"error", ...}. Every line carries "t", the
+// "upgrade"|"reconnect"|"ack"|"error", ...}; "connect" carries "recovered"
+// (socket.recovered: connection state recovery). Every line carries "t", the
 // wall-clock receive time in milliseconds with sub-millisecond precision.
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
@@ -31,7 +35,9 @@ function open(name, url, opts) {
     out({ name, ev: "open", transport: engine.transport.name });
     engine.on("upgrade", (t) => out({ name, ev: "upgrade", transport: t.name }));
   });
-  socket.on("connect", () => out({ name, ev: "connect", id: socket.id, transport: socket.io.engine.transport.name }));
+  socket.on("connect", () =>
+    out({ name, ev: "connect", id: socket.id, transport: socket.io.engine.transport.name, recovered: socket.recovered === true }),
+  );
   socket.on("connect_error", (err) => out({ name, ev: "connect_error", message: err.message, data: err.data ?? null }));
   socket.on("disconnect", (reason) => out({ name, ev: "disconnect", reason }));
   socket.onAny((event, ...args) => out({ name, ev: "event", event, args }));
@@ -74,6 +80,9 @@ async function run(cmd) {
       break;
     case "disconnect":
       sockets.get(cmd.name)?.disconnect();
+      break;
+    case "cut":
+      sockets.get(cmd.name)?.io.engine?.close();
       break;
     case "emitWithAck": {
       const reply = await sockets.get(cmd.name).timeout(5000).emitWithAck(cmd.event, ...(cmd.args ?? []));

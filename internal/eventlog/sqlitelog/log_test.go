@@ -1,0 +1,58 @@
+package sqlitelog_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/klectr/klectr/internal/asset/sqlitestore"
+	"github.com/klectr/klectr/internal/eventlog"
+	"github.com/klectr/klectr/internal/eventlog/eventlogtest"
+	"github.com/klectr/klectr/internal/eventlog/sqlitelog"
+	"github.com/klectr/klectr/internal/sqlitedb"
+)
+
+func newLog(t *testing.T) *sqlitelog.Log {
+	t.Helper()
+	db, err := sqlitedb.Open(context.Background(), filepath.Join(t.TempDir(), "klectr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	l, err := sqlitelog.New(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestLog(t *testing.T) {
+	t.Parallel()
+	eventlogtest.TestLog(t, func(t *testing.T) eventlog.Log { return newLog(t) })
+}
+
+// The log shares the file with the asset store: each keeps its own
+// migration line, in either order, and a restart migrates nothing again.
+func TestSharesTheFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "klectr.db")
+	for range 2 {
+		db, err := sqlitedb.Open(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sqlitestore.New(ctx, db); err != nil {
+			t.Fatalf("asset store: %v", err)
+		}
+		l, err := sqlitelog.New(ctx, db)
+		if err != nil {
+			t.Fatalf("event log: %v", err)
+		}
+		if err := l.Append(ctx, "u1", "e1", []byte(`{"eventId":"e1"}`), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+	}
+}
