@@ -1,6 +1,8 @@
 // Package assettest is the conformance suite of asset.Store. Every backend
-// runs TestStore unchanged, so the SQLite store of the embedded mode and the
-// MongoDB store of the scaled-out mode keep one contract (DESIGN §6.4).
+// runs the same cases, so the SQLite store of the embedded mode and the
+// MongoDB store of the scaled-out mode keep one contract (DESIGN §6.4). A
+// store on a server that lacks a guarantee (Capabilities) skips the case
+// that checks it, on that server only, saying why.
 package assettest
 
 import (
@@ -9,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,8 +20,17 @@ import (
 )
 
 // TestStore checks every clause of the asset.Store contract against stores
-// made by newStore. Each call of newStore must return a fresh, empty store and
-// release it through t.Cleanup; subtests run in parallel, each on its own store.
+// made by newStore, which give every guarantee (Every): no case is skipped.
+func TestStore(t *testing.T, newStore func(t *testing.T) asset.Store) {
+	t.Helper()
+	TestStoreWith(t, func(t *testing.T) (asset.Store, Capabilities) { return newStore(t), Every })
+}
+
+// TestStoreWith checks every clause of the asset.Store contract against
+// stores made by newStore. Each call of newStore must return a fresh, empty
+// store and release it through t.Cleanup, with the capabilities of the
+// server it runs on: a case that relies on one the store lacks is skipped,
+// with the reason. Subtests run in parallel, each on its own store.
 //
 // Where the contract leaves a choice open, the suite pins the one callers rely
 // on: times come back in UTC at millisecond precision; Finish, RecordAttempt
@@ -26,12 +38,9 @@ import (
 // asset exists in the wrong state); Finish sets UpdatedAt to ProcessedAt;
 // Reprocess resets Attempts with the rest of the outcome; a List limit outside
 // 1..100 is clamped into it.
-func TestStore(t *testing.T, newStore func(t *testing.T) asset.Store) {
+func TestStoreWith(t *testing.T, newStore func(t *testing.T) (asset.Store, Capabilities)) {
 	t.Helper()
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s asset.Store)
-	}{
+	tests := []testCase{
 		{"Create/RoundTrip", testCreateRoundTrip},
 		{"Create/AllOrNone", testCreateAllOrNone},
 		{"Create/DuplicateInBatch", testCreateDuplicateInBatch},
@@ -66,9 +75,23 @@ func TestStore(t *testing.T, newStore func(t *testing.T) asset.Store) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.fn(t, newStore(t))
+			s, caps := newStore(t)
+			if lack := caps.lacks(tt.name); lack != "" {
+				t.Skip(lack)
+			}
+			tt.fn(t, s)
 		})
 	}
+	for name := range needs {
+		if !slices.ContainsFunc(tests, func(tc testCase) bool { return tc.name == name }) {
+			t.Errorf("assettest: needs names %q, which is no case of the suite", name)
+		}
+	}
+}
+
+type testCase struct {
+	name string
+	fn   func(t *testing.T, s asset.Store)
 }
 
 // baseTime has a sub-millisecond part below half a millisecond, so a store
