@@ -26,6 +26,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -43,17 +44,32 @@ type Store interface {
 // Disk is a Store on a local (or shared) directory. Blobs live at
 // dir/<first two hex digits>/<key>; partial writes live in dir/tmp.
 type Disk struct {
-	dir string
+	dir    string
+	shards [256]dirSync // one per dir/<two hex digits>
 }
 
 var _ Store = (*Disk)(nil)
 
-// NewDisk returns a Disk store rooted at dir, creating it if needed.
+// NewDisk returns a Disk store rooted at dir, creating it, dir/tmp and the
+// 256 shard directories if needed and making their entries durable, so that
+// a Put has only its shard's new entry to sync.
 func NewDisk(dir string) (*Disk, error) {
+	d := &Disk{dir: dir}
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o750); err != nil {
 		return nil, fmt.Errorf("blob: %w", err)
 	}
-	return &Disk{dir: dir}, nil
+	for i := range d.shards {
+		p := filepath.Join(dir, fmt.Sprintf("%02x", i))
+		if err := os.Mkdir(p, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("blob: %w", err)
+		}
+		d.shards[i].fsync = func() error { return syncDir(p) }
+		d.shards[i].cond = sync.NewCond(&d.shards[i].mu)
+	}
+	if err := syncDir(dir); err != nil {
+		return nil, fmt.Errorf("blob: %w", err)
+	}
+	return d, nil
 }
 
 // NewKey returns a new blob key: 128 random bits as 32 lowercase hex digits,
@@ -88,42 +104,90 @@ func (d *Disk) path(key string) (string, error) {
 	return filepath.Join(d.dir, key[:2], key), nil
 }
 
+// copyBufSize is how much Put gathers before each write: a multipart part
+// yields a few KiB per Read, and one write per Read cost more than the copy.
+const copyBufSize = 64 << 10
+
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
 // Put copies r into a new blob. The caller bounds r.
+//
+// The bytes go to dir/tmp/<key> (created exclusively: the key is fresh),
+// are fsynced, and the file is renamed into its shard; the shard directory
+// is then fsynced, once for every Put whose rename came before that fsync
+// began (see dirSync), so concurrent Puts share directory fsyncs.
 func (d *Disk) Put(ctx context.Context, r io.Reader) (string, error) {
 	key := NewKey()
 	final, _ := d.path(key)
-	tmp, err := os.CreateTemp(filepath.Join(d.dir, "tmp"), key+".*")
+	tmp := filepath.Join(d.dir, "tmp", key)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("blob: %w", err)
 	}
 	ok := false
 	defer func() {
 		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
+			f.Close()
+			os.Remove(tmp)
 		}
 	}()
-	if _, err := io.Copy(tmp, ctxReader{ctx, r}); err != nil {
+	if err := copyFull(f, ctxReader{ctx, r}); err != nil {
 		return "", err
 	}
-	if err := tmp.Sync(); err != nil {
+	if err := f.Sync(); err != nil {
 		return "", fmt.Errorf("blob: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
+	if err := f.Close(); err != nil {
 		return "", fmt.Errorf("blob: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
-		return "", fmt.Errorf("blob: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
+	if err := os.Rename(tmp, final); err != nil {
 		return "", fmt.Errorf("blob: %w", err)
 	}
 	ok = true
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := d.shards[shardIndex(key)].sync(); err != nil {
 		os.Remove(final)
 		return "", fmt.Errorf("blob: %w", err)
 	}
 	return key, nil
+}
+
+// copyFull copies r to w, gathering copyBufSize bytes before each write. It
+// returns r's error (not wrapped) other than io.EOF.
+func copyFull(w io.Writer, r io.Reader) error {
+	buf := copyBufs.Get().(*[copyBufSize]byte)
+	defer copyBufs.Put(buf)
+	for {
+		n := 0
+		var err error
+		for n < len(buf) && err == nil {
+			var m int
+			m, err = r.Read(buf[n:])
+			n += m
+		}
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("blob: %w", werr)
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// shardIndex is the number of key's shard, from its first two hex digits.
+func shardIndex(key string) int {
+	return int(unhex(key[0]))<<4 | int(unhex(key[1]))
+}
+
+func unhex(c byte) byte {
+	if c <= '9' {
+		return c - '0'
+	}
+	return c - 'a' + 10
 }
 
 // Open returns the blob's bytes. The reader is also an io.ReaderAt and
@@ -227,7 +291,7 @@ func (d *Disk) RemoveTemp(ctx context.Context, olderThan time.Time) (int, error)
 	return n, nil
 }
 
-// syncDir makes a rename in dir durable.
+// syncDir makes the entries made in dir so far durable.
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {

@@ -81,3 +81,14 @@ func TestDiskFailedPutLeavesNothing(t *testing.T) {
 		t.Fatalf("failed put left files: %v", files)
 	}
 }
+
+// TestDiskPutFailsOnTruncatedStream: a body cut short (io.ErrUnexpectedEOF
+// from the multipart reader) is a failed Put, not a shorter blob.
+func TestDiskPutFailsOnTruncatedStream(t *testing.T) {
+	t.Parallel()
+	d, _ := NewDisk(t.TempDir())
+	r := io.MultiReader(bytes.NewReader(make([]byte, 100<<10)), iotest.ErrReader(io.ErrUnexpectedEOF))
+	if key, err := d.Put(context.Background(), r); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("Put = %q, %v; want io.ErrUnexpectedEOF", key, err)
+	}
+}

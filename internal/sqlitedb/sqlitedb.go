@@ -8,6 +8,9 @@
 // read lock and fail with SQLITE_BUSY half-way); Read is a pool of read-only
 // connections that, in WAL mode, never wait for the writer.
 //
+// Every connection keeps the statements it runs prepared (see connector), so
+// a statement is parsed once per connection, not once per call.
+//
 // With one write connection, a goroutine that holds an open transaction must
 // not issue a statement on Write outside it: the second statement waits for
 // the connection the first one holds, until its context ends.
@@ -23,7 +26,7 @@ import (
 	"path/filepath"
 	"runtime"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite"
 )
 
 // DB is the pair of pools over one SQLite file.
@@ -38,10 +41,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("sqlitedb: create directory: %w", err)
 	}
-	write, err := sql.Open("sqlite", dsn(path, false))
-	if err != nil {
-		return nil, fmt.Errorf("sqlitedb: open %s: %w", path, err)
-	}
+	write := sql.OpenDB(&connector{dsn: dsn(path, false), drv: &sqlite.Driver{}})
 	write.SetMaxOpenConns(1)
 	write.SetMaxIdleConns(1)
 	write.SetConnMaxIdleTime(0)
@@ -51,11 +51,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("sqlitedb: open %s: %w", path, err)
 	}
 
-	read, err := sql.Open("sqlite", dsn(path, true))
-	if err != nil {
-		write.Close()
-		return nil, fmt.Errorf("sqlitedb: open %s read-only: %w", path, err)
-	}
+	read := sql.OpenDB(&connector{dsn: dsn(path, true), drv: &sqlite.Driver{}})
 	n := max(4, runtime.GOMAXPROCS(0))
 	read.SetMaxOpenConns(n)
 	read.SetMaxIdleConns(n)

@@ -3,8 +3,10 @@
 // commit in one transaction (CreateTx, ReprocessTx).
 //
 // Writes go through sqlitedb.DB.Write (one connection, BEGIN IMMEDIATE);
-// reads (Get, List, PendingEvents, Ping) through the read-only pool, which in
-// WAL mode never waits for the writer.
+// the worker's writes (RecordAttempt, Finish, EventSent) of concurrent
+// callers share one transaction and its fsync. Reads (Get, List,
+// PendingEvents, Ping) go through the read-only pool, which in WAL mode never
+// waits for the writer.
 package sqlitestore
 
 import (
@@ -26,6 +28,7 @@ import (
 // Store keeps assets in the "assets" table of a sqlitedb.DB.
 type Store struct {
 	db *sqlitedb.DB
+	w  *groupWriter // RecordAttempt, Finish, EventSent
 }
 
 var _ asset.Store = (*Store)(nil)
@@ -36,7 +39,7 @@ func New(ctx context.Context, db *sqlitedb.DB) (*Store, error) {
 	if err := migrate(ctx, db.Write); err != nil {
 		return nil, fmt.Errorf("sqlitestore: migrate %s: %w", db.Path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, w: &groupWriter{db: db.Write}}, nil
 }
 
 // querier is what *sql.DB and *sql.Tx share, so each operation is written
@@ -172,19 +175,26 @@ func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (ass
 
 // RecordAttempt sets Attempts (and UpdatedAt) while the asset is processing
 // under jobID: asset.ErrConflict if it is not, asset.ErrNotFound if it is gone.
+// It commits together with concurrent callers' writes (see groupWriter).
 func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error {
-	res, err := s.db.Write.ExecContext(ctx, `UPDATE assets SET attempts = ?, updated_at = ?
-		WHERE id = ? AND status = 'processing' AND processing_job_id = ?`,
-		attempt, now.UnixMilli(), id, jobID)
+	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE assets SET attempts = ?, updated_at = ?
+			WHERE id = ? AND status = 'processing' AND processing_job_id = ?`,
+			attempt, now.UnixMilli(), id, jobID)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return noRow(ctx, tx, id)
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("sqlitestore: record attempt %s: %w", id, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("sqlitestore: record attempt %s: %w", id, err)
-	}
-	if n == 0 {
-		return fmt.Errorf("sqlitestore: record attempt %s: %w", id, missingOrConflict(ctx, s.db.Write, id))
 	}
 	return nil
 }
@@ -192,7 +202,8 @@ func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int
 // Finish applies out in one statement, guarded by status and job, so of
 // many concurrent calls exactly one matches. It returns asset.ErrConflict
 // when the asset is not processing under jobID, asset.ErrNotFound when it is
-// gone, and rejects an outcome that is not final or has no event id.
+// gone, and rejects an outcome that is not final or has no event id. It
+// commits together with concurrent callers' writes (see groupWriter).
 func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
 	if out.Status != asset.StatusDraft && out.Status != asset.StatusFailed {
 		return nil, fmt.Errorf("sqlitestore: finish %s: outcome status %q is not final", id, out.Status)
@@ -205,20 +216,35 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 		errCode, errMsg = &out.Error.Code, &out.Error.Message
 	}
 	ms := out.ProcessedAt.UnixMilli()
-	a, err := scanAsset(s.db.Write.QueryRowContext(ctx, `UPDATE assets SET
-			status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
-			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
-		WHERE id = ? AND status = 'processing' AND processing_job_id = ?
-		RETURNING `+columns,
-		string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
-		ms, ms, out.EventID, id, jobID))
-	if errors.Is(err, sql.ErrNoRows) {
-		err = missingOrConflict(ctx, s.db.Write, id)
-	}
+	var a *asset.Asset
+	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		a, err = scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
+				status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
+				processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
+			WHERE id = ? AND status = 'processing' AND processing_job_id = ?
+			RETURNING `+columns,
+			string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
+			ms, ms, out.EventID, id, jobID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return noRow(ctx, tx, id)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: finish %s: %w", id, err)
 	}
 	return a, nil
+}
+
+// noRow explains, as a domainError, why a guarded update in a group
+// matched no row.
+func noRow(ctx context.Context, tx *sql.Tx, id string) error {
+	err := missingOrConflict(ctx, tx, id)
+	if errors.Is(err, asset.ErrNotFound) || errors.Is(err, asset.ErrConflict) {
+		return domainError{err}
+	}
+	return err
 }
 
 // Reprocess moves a failed asset to processing under newJobID.
@@ -274,10 +300,15 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, e
 
 // EventSent clears the owed mark if eventID is still the owed event; a
 // stale id (the asset was reprocessed and finished again), a repeat or a
-// deleted asset is not an error.
+// deleted asset is not an error. It commits together with concurrent
+// callers' writes (see groupWriter).
 func (s *Store) EventSent(ctx context.Context, id, eventID string) error {
-	if _, err := s.db.Write.ExecContext(ctx, `UPDATE assets SET event_pending = 0
-		WHERE id = ? AND event_id = ? AND event_pending = 1`, id, eventID); err != nil {
+	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE assets SET event_pending = 0
+			WHERE id = ? AND event_id = ? AND event_pending = 1`, id, eventID)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("sqlitestore: event sent %s: %w", id, err)
 	}
 	return nil

@@ -180,9 +180,12 @@ func (s suite) adminInEveryTier(t *testing.T) {
 	_, err = api.Get(t.Context(), jobs[n-2].ID)
 	wantErrIs(t, "Get after Delete", err, queue.ErrNotFound)
 
-	// The last job dies on its first run; replayed, it completes.
+	// The last job dies on its first run; replayed, it completes. It waits
+	// behind the whole batch, so the worker runs many at once: at the
+	// suite's default of 4, a loaded machine under -race took over the
+	// suite's wait to work through 300 instant jobs.
 	var runs atomic.Int32
-	worker := s.open(t, storage, Config{Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
+	worker := s.open(t, storage, Config{Concurrency: 32, Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
 		if job.ID == last.ID && runs.Add(1) == 1 {
 			return queue.Permanent(errors.New("undecodable image"))
 		}
