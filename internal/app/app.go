@@ -23,7 +23,8 @@ Usage:
   klectr token  [flags] <user>     print a signed JWT for <user> (-role admin, -ttl 24h)
   klectr jobs list   [-state dead] [-limit 100]
   klectr jobs retry  <job id>      replay a dead job (its asset goes back to processing)
-  klectr jobs delete <job id>      delete a job that is not running
+  klectr jobs delete <job id>      delete a job that is not running (its asset, if still
+                                   processing under it, fails with job_deleted)
   klectr bench  [flags]            load a running klectr: uploads, Socket.IO events, percentiles (-h)
   klectr help
 

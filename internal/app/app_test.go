@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -35,7 +36,8 @@ func TestRunCommands(t *testing.T) {
 		{"help lists settings", []string{"help"}, nil, 0, "$MAX_FILE_BYTES", ""},
 		{"unknown command", []string{"frobnicate"}, nil, 2, "", `unknown command "frobnicate"`},
 		{"bad setting names the variable", []string{"serve"}, map[string]string{"WORKER_CONCURRENCY": "zero"}, 1, "", "WORKER_CONCURRENCY"},
-		{"scale-out needs a secret", []string{"serve"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, 1, "", "JWT_SECRET"},
+		{"scale-out needs a secret", []string{"serve"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:6379", "MONGODB_URI": "mongodb://127.0.0.1:1"}, 1, "", "JWT_SECRET"},
+		{"a half scale-out shape is refused", []string{"serve"}, map[string]string{"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": strings.Repeat("k", 32)}, 1, "", "REDIS_URL is set without MONGODB_URI"},
 		{"token needs a user", []string{"token", "-data-dir", dir}, nil, 2, "", "exactly one user id"},
 		{"jobs needs a subcommand", []string{"jobs"}, nil, 2, "", "list, retry or delete"},
 		{"bench needs the server's secret", []string{"bench", "-url", "http://127.0.0.1:1"}, nil, 2, "", "want -jwt-secret"},
@@ -106,6 +108,12 @@ func (b *lockedBuffer) String() string {
 // of a fresh data directory, and waits until it listens.
 func startServer(t *testing.T, env map[string]string) *server {
 	t.Helper()
+	return startMode(t, modeServe, env)
+}
+
+// startMode is startServer for any server subcommand.
+func startMode(t *testing.T, m mode, env map[string]string) *server {
+	t.Helper()
 	dir := t.TempDir()
 	secret := strings.Repeat("k", 32)
 	full := map[string]string{"ADDR": "127.0.0.1:0", "DATA_DIR": dir, "JWT_SECRET": secret, "LOG_LEVEL": "debug"}
@@ -118,7 +126,7 @@ func startServer(t *testing.T, env map[string]string) *server {
 		keys: auth.NewKeys([]byte(secret), nil)}
 	s.alice, _ = s.keys.Sign("alice", "", time.Hour)
 	go func() {
-		s.done <- Run(ctx, []string{"serve"}, envOf(full), io.Discard, pw)
+		s.done <- Run(ctx, []string{string(m)}, envOf(full), io.Discard, pw)
 		pw.Close()
 	}()
 	addr := make(chan string, 1)
@@ -358,7 +366,7 @@ func TestServeIsolatesUsersAndStopsCleanly(t *testing.T) {
 		t.Fatalf("exit code %d", code)
 	}
 	logs := s.logs.String()
-	order := []string{`"msg":"stopping"`, `"msg":"realtime server stopped"`, `"msg":"HTTP server stopped"`, `"msg":"worker stopped"`, `"msg":"stopped"`}
+	order := []string{`"msg":"stopping"`, `"msg":"realtime server stopped"`, `"msg":"HTTP server stopped"`, `"msg":"worker stopped"`, `"msg":"sweeps stopped"`, `"msg":"stopped"`}
 	last := -1
 	for _, m := range order {
 		i := strings.Index(logs, m)
@@ -442,5 +450,102 @@ func TestJobsCommands(t *testing.T) {
 	}
 	if code, out, _ := run("jobs", "list", "-state", "dead"); code != 0 || out != "" {
 		t.Fatalf("dead jobs after delete: %q", out)
+	}
+}
+
+// Issue 7, defect 3: deleting a job that has not run (through the admin API
+// or `klectr jobs delete`) fails its asset with job_deleted instead of
+// leaving it processing for ever; its owner can retry it. klectr api runs
+// no worker, so the jobs stay pending.
+func TestDeletingAPendingJobFailsItsAsset(t *testing.T) {
+	t.Parallel()
+	s := startMode(t, modeAPI, nil)
+	admin, _ := s.keys.Sign("ops", "admin", time.Hour)
+	ids := s.uploadOK(s.alice, "valid/go-turns-two-280x360.jpeg", "valid/go-turns-two-280x360.jpeg")
+	jobOf := func(id string) string {
+		var a assetReply
+		resp, b := s.do("GET", "/api/assets/"+id, s.alice, nil, "")
+		if resp.StatusCode != 200 || json.Unmarshal(b, &a) != nil || a.Status != "processing" {
+			t.Fatalf("asset %s: %d %s", id, resp.StatusCode, b)
+		}
+		return a.ProcessingJobID
+	}
+	viaAPI, viaCLI := jobOf(ids[0]), jobOf(ids[1])
+
+	if resp, b := s.do("DELETE", "/api/admin/jobs/"+viaAPI, admin, nil, ""); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("admin delete: %d %s", resp.StatusCode, b)
+	}
+	env := envOf(map[string]string{"DATA_DIR": s.dir, "JWT_SECRET": strings.Repeat("k", 32)})
+	var out, errb bytes.Buffer
+	if code := Run(context.Background(), []string{"jobs", "delete", viaCLI}, env, &out, &errb); code != 0 {
+		t.Fatalf("jobs delete: %d %s %s", code, out.String(), errb.String())
+	}
+	for _, id := range ids {
+		a := s.waitFinal(s.alice, id)
+		if a.Status != "failed" || a.Error == nil || a.Error.Code != "job_deleted" {
+			t.Fatalf("asset %s after its job was deleted: %+v", id, a)
+		}
+		if resp, b := s.do("POST", "/api/assets/"+id+"/retry", s.alice, nil, ""); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("retry after the delete: %d %s", resp.StatusCode, b)
+		}
+	}
+}
+
+// klectr worker answers the probes on ADDR, like every process, and serves
+// no API.
+func TestWorkerServesOnlyTheProbes(t *testing.T) {
+	t.Parallel()
+	s := startMode(t, modeWorker, nil)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/api/assets": 404, "/socket.io/?EIO=4&transport=polling": 404} {
+		resp, b := s.do("GET", path, s.alice, nil, "")
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d: %s", path, resp.StatusCode, want, b)
+		}
+		if path == "/metrics" && !strings.Contains(string(b), "klectr_queue_jobs") {
+			t.Errorf("worker metrics lack the queue: %.300s", b)
+		}
+	}
+	if code := s.shutdown(); code != 0 {
+		t.Fatalf("worker exit %d:\n%s", code, s.logs.String())
+	}
+}
+
+// Issue 7, defect 5's wiring: klectr serve deletes at start-up the blobs no
+// asset references that a killed process left (and its unfinished uploads),
+// and keeps every referenced one.
+func TestServeSweepsOrphanBlobsAtStart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := startMode(t, modeServe, map[string]string{"DATA_DIR": dir})
+	ids := s.uploadOK(s.alice, "valid/video-001.png")
+	s.waitFinal(s.alice, ids[0])
+	if code := s.shutdown(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	kept := countFiles(t, dir)
+	orphan := filepath.Join(dir, "blobs", "ab", "ab"+strings.Repeat("0", 30))
+	temp := filepath.Join(dir, "blobs", "tmp", "upload-123")
+	old := time.Now().Add(-time.Minute)
+	for _, p := range []string{orphan, temp} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("left by kill -9"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, old, old)
+	}
+
+	s = startMode(t, modeServe, map[string]string{"DATA_DIR": dir})
+	waitFor(t, 30*time.Second, "the orphans to be swept", func() bool {
+		_, e1 := os.Stat(orphan)
+		_, e2 := os.Stat(temp)
+		return errors.Is(e1, os.ErrNotExist) && errors.Is(e2, os.ErrNotExist)
+	})
+	if n := countFiles(t, dir); n != kept {
+		t.Fatalf("%d blob files after the sweep, want the %d referenced", n, kept)
+	}
+	if a := s.waitFinal(s.alice, ids[0]); a.Status != "draft" {
+		t.Fatalf("the swept process's asset: %+v", a)
 	}
 }

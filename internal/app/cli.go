@@ -102,7 +102,7 @@ func runJobs(ctx context.Context, args []string, getenv func(string) string, std
 		if sub == "retry" {
 			err = b.intake.Replay(ctx, rest[0])
 		} else {
-			err = b.queue.Delete(ctx, rest[0])
+			err = b.intake.DeleteJob(ctx, rest[0])
 		}
 		if err != nil {
 			return fmt.Errorf("job %s: %w", rest[0], err)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -36,24 +35,21 @@ func (m mode) worker() bool { return m != modeAPI }
 // shutdownTimeout bounds each draining step of a graceful stop.
 const shutdownTimeout = 25 * time.Second
 
-// maintainInterval is how often owed events are relayed and dead jobs
-// reconciled; relayAge keeps the relay off events a handler is publishing.
-const (
-	maintainInterval = 10 * time.Second
-	relayAge         = 30 * time.Second
-	reconnectGrace   = 3 * time.Second
-)
-
-// runServer runs serve, api or worker until ctx ends, then stops in this
-// order (each step bounded by shutdownTimeout):
+// runServer runs serve, api or worker until ctx ends. It starts, in order:
+// the realtime server, the queue's workers, the sweeps (event relay,
+// reconciler, orphan blobs; worker processes only), and the HTTP listener
+// (the API, or on a worker only /healthz, /readyz and /metrics), so that a
+// signal during start-up finds every part running and goes through the
+// ordered stop. It stops in this order, each step bounded by
+// shutdownTimeout:
 //  1. the realtime server closes every socket without a Socket.IO
 //     disconnect, so clients reconnect by themselves when the service is back;
 //  2. the HTTP server stops accepting and lets in-flight requests finish,
 //     so an upload that is being received still commits and gets its 202;
 //  3. the queue stops taking jobs and lets running ones finish; one still
 //     running at the deadline is cancelled and put back, never lost;
-//  4. the maintenance loop (event relay, dead-job reconcile) stops;
-//  5. the database closes.
+//  4. the sweeps stop (a sweep in progress is cancelled);
+//  5. the backends close (intake, database or MongoDB, Redis, S3).
 func runServer(ctx context.Context, m mode, args []string, getenv func(string) string, stderr io.Writer) error {
 	cfg, rest, err := config.Load(string(m), args, getenv, stderr, nil)
 	if err != nil {
@@ -68,34 +64,17 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		return err
 	}
 	keys := auth.NewKeys(secret, nil)
-	ids := newIDs()
-
-	// Realtime: the worker publishes through it, the API serves it.
-	bus := realtime.NewLocalBus()
-	rt, err := realtime.New(realtime.Options{
-		Authenticate: func(token string) (string, time.Time, error) {
-			c, err := keys.Verify(token)
-			return c.UserID, c.ExpiresAt, err
-		},
-		Bus:    bus,
-		Logger: log.With("component", "realtime"),
-	})
-	if err != nil {
-		return err
-	}
-
 	analyzer, err := newAnalyzer(cfg, log)
 	if err != nil {
 		return err
 	}
 	handler := &pipeline.Handler{
 		Analyzer: analyzer,
-		Notifier: rt,
 		Log:      log.With("component", "pipeline"),
 		Now:      time.Now,
-		NewID:    ids,
+		NewID:    newIDs(),
 	}
-	qo := queueOptions{single: m == modeServe}
+	qo := queueOptions{single: m == modeServe && cfg.Embedded()}
 	if m.worker() {
 		qo.handler = handler
 	}
@@ -103,83 +82,49 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	if err != nil {
 		return err
 	}
-	defer b.Close()
-	handler.Store, handler.Blobs = b.store, b.blobs
+	defer func() {
+		if err := b.Close(); err != nil {
+			log.Warn("closing the backends", "err", err)
+		}
+	}()
+	rt, err := realtime.New(realtime.Options{
+		Authenticate: func(token string) (string, time.Time, error) {
+			c, err := keys.Verify(token)
+			return c.UserID, c.ExpiresAt, err
+		},
+		Bus:    b.bus,
+		Logger: log.With("component", "realtime"),
+	})
+	if err != nil {
+		return err
+	}
+	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, rt
+	var sweeps []*loop
+	if m.worker() {
+		sweeps = newSweeps(handler, b, qo.single, time.Now(), log)
+	}
+	srv := newHTTPServer(m, cfg, b, keys, rt, log)
 
 	if err := rt.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
 	defer rt.Stop()
-
-	// The worker starts before the listener, so that a signal during
-	// start-up finds every part running and goes through the ordered stop.
-	started := time.Now()
-	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancelStart()
-	var maint sync.WaitGroup
-	maintCtx, stopMaint := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopMaint()
-	if m.worker() {
-		if err := b.queue.Start(startCtx); err != nil {
-			return err
-		}
-		maint.Go(func() {
-			// Events a crash left owed go out once clients have had time to
-			// reconnect (the Socket.IO clients wait about a second).
-			select {
-			case <-maintCtx.Done():
-				return
-			case <-time.After(reconnectGrace):
-			}
-			if qo.single {
-				if n, err := handler.Relay(maintCtx, time.Since(started)); err != nil {
-					log.Warn("relaying events owed before the last stop", "err", err)
-				} else if n > 0 {
-					log.Info("relayed events owed before the last stop", "events", n)
-				}
-			}
-			handler.Maintain(maintCtx, b.queue, maintainInterval, relayAge)
-		})
-		log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
-	}
-
-	var srv *http.Server
 	serveErr := make(chan error, 1)
-	if m.api() {
-		mx := newMetrics(b.queue.Counts, rt.ConnectedSockets)
-		var limiter httpapi.Limiter
-		if cfg.UploadRate > 0 {
-			limiter = httpapi.NewUserLimiter(cfg.UploadRate, max(1, cfg.UploadRate/6), nil)
-		}
-		api := httpapi.New(httpapi.Deps{
-			Keys:    keys,
-			Assets:  b.store,
-			Intake:  b.intake,
-			Blobs:   b.blobs,
-			Jobs:    b.queue,
-			Limits:  httpapi.Limits{MaxFiles: cfg.MaxFiles, MaxFileBytes: cfg.MaxFileBytes, MaxPixels: cfg.MaxPixels},
-			Log:     log.With("component", "http"),
-			NewID:   ids,
-			Ready:   b.ready,
-			Socket:  rt,
-			Metrics: mx.handler(),
-			Limiter: limiter,
-		})
-		srv = &http.Server{
-			Handler:           mx.instrument(api),
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
-		if ln, err := net.Listen("tcp", cfg.Addr); err != nil {
-			// Through the ordered stop: the worker is already running.
-			srv = nil
-			serveErr <- fmt.Errorf("ADDR=%q: %w", cfg.Addr, err)
+	if m.worker() {
+		startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		err := b.queue.Start(startCtx)
+		cancel()
+		if err != nil {
+			serveErr <- err
 		} else {
-			log.Info("listening", "addr", ln.Addr().String(), "mode", string(m), "analyzer", analyzerName(cfg))
-			go func() { serveErr <- srv.Serve(ln) }()
+			log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
 		}
+	}
+	if len(serveErr) == 0 {
+		for _, l := range sweeps {
+			l.Start()
+		}
+		srv.start(serveErr)
 	}
 
 	var runErr error
@@ -187,19 +132,10 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	case <-ctx.Done():
 		log.Info("stopping", "cause", context.Cause(ctx))
 	case runErr = <-serveErr:
-		log.Error("HTTP server failed; stopping", "err", runErr)
+		log.Error("start-up or the HTTP server failed; stopping", "err", runErr)
 	}
-
 	rt.Stop()
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-		if err := srv.Shutdown(sctx); err != nil {
-			log.Warn("HTTP shutdown deadline passed; closing connections", "err", err)
-			srv.Close()
-		}
-		cancel()
-		log.Info("HTTP server stopped")
-	}
+	srv.stop()
 	if m.worker() {
 		qctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		if err := b.queue.Stop(qctx); err != nil {
@@ -208,13 +144,90 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		cancel()
 		log.Info("worker stopped")
 	}
-	stopMaint()
-	maint.Wait()
-	log.Info("stopped")
-	if errors.Is(runErr, http.ErrServerClosed) {
-		runErr = nil
+	for _, l := range sweeps {
+		l.Stop()
 	}
+	log.Info("sweeps stopped")
+	log.Info("stopped")
 	return runErr
+}
+
+// httpServer is the process's listener: the API with Socket.IO, or on a
+// worker only the probes.
+type httpServer struct {
+	srv  *http.Server
+	addr string
+	mode mode
+	log  *slog.Logger
+}
+
+func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, log *slog.Logger) *httpServer {
+	var sockets func() int
+	if m.api() {
+		sockets = rt.ConnectedSockets
+	}
+	mx := newMetrics(b.queue.Counts, sockets)
+	deps := httpapi.Deps{
+		Keys:    keys,
+		Assets:  b.store,
+		Intake:  b.intake,
+		Blobs:   b.blobs,
+		Jobs:    b.queue,
+		Limits:  httpapi.Limits{MaxFiles: cfg.MaxFiles, MaxFileBytes: cfg.MaxFileBytes, MaxPixels: cfg.MaxPixels},
+		Log:     log.With("component", "http"),
+		NewID:   newIDs(),
+		Ready:   b.ready,
+		Metrics: mx.handler(),
+	}
+	var h http.Handler
+	if m.api() {
+		deps.Socket = rt
+		if cfg.UploadRate > 0 {
+			deps.Limiter = httpapi.NewUserLimiter(cfg.UploadRate, max(1, cfg.UploadRate/6), nil)
+		}
+		h = httpapi.New(deps)
+	} else {
+		h = httpapi.NewProbes(deps)
+	}
+	return &httpServer{
+		addr: cfg.Addr,
+		mode: m,
+		log:  log,
+		srv: &http.Server{
+			Handler:           mx.instrument(h),
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		},
+	}
+}
+
+// start listens on ADDR and serves; a failure to listen, or to serve, goes
+// to errc.
+func (s *httpServer) start(errc chan<- error) {
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		errc <- fmt.Errorf("ADDR=%q: %w", s.addr, err)
+		return
+	}
+	s.log.Info("listening", "addr", ln.Addr().String(), "mode", s.mode)
+	go func() {
+		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+}
+
+// stop lets in-flight requests finish, then closes what is left.
+func (s *httpServer) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		s.log.Warn("HTTP shutdown deadline passed; closing connections", "err", err)
+		s.srv.Close()
+	}
+	s.log.Info("HTTP server stopped")
 }
 
 // jwtSecret is JWT_SECRET, or on the embedded default a secret generated

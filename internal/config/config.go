@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,7 @@ type Config struct {
 
 	MongoURI string
 	RedisURL string
+	BlobURL  string // "" (DATA_DIR/blobs), file:///dir or s3://bucket/prefix?...
 
 	AIServiceURL   string
 	AIServiceToken string
@@ -83,6 +85,27 @@ var settings = []setting{
 			return errors.New("must start with redis:// or rediss://")
 		}
 		c.RedisURL = v
+		return nil
+	}},
+	{"BLOB_URL", "", "uploaded images: file:///shared/dir or s3://bucket/prefix?endpoint=… (unset: DATA_DIR/blobs)", func(c *Config, v string) error {
+		if v == "" {
+			c.BlobURL = ""
+			return nil
+		}
+		u, err := url.Parse(v)
+		switch {
+		case err != nil:
+			return errors.New("must be a file:// or s3:// URL")
+		case u.Scheme == "file":
+			if u.Host != "" || !strings.HasPrefix(u.Path, "/") || u.RawQuery != "" {
+				return errors.New("a file URL takes an absolute path and nothing else: file:///srv/klectr/blobs")
+			}
+		case u.Scheme == "s3":
+			// The rest is checked where the S3 store is built.
+		default:
+			return errors.New("must start with file:// or s3://")
+		}
+		c.BlobURL = v
 		return nil
 	}},
 	{"AI_SERVICE_URL", "", "AI service base URL (unset: built-in analyzer)", func(c *Config, v string) error {
@@ -190,12 +213,32 @@ func Load(name string, args []string, getenv func(string) string, stderr io.Writ
 	return c, fs.Args(), nil
 }
 
-// Validate checks the rules that span settings.
+// Validate checks the rules that span settings. The two shapes are the only
+// ones: MONGODB_URI and REDIS_URL together, or neither. A store or a queue in
+// a local SQLite file next to a shared one would look like it works while
+// each machine kept its own assets or jobs.
 func (c *Config) Validate() error {
-	if c.JWTSecret == "" && (c.MongoURI != "" || c.RedisURL != "") {
+	switch {
+	case c.MongoURI != "" && c.RedisURL == "":
+		return errors.New("MONGODB_URI is set without REDIS_URL: the scale-out shape needs both (jobs and events go through Redis); set REDIS_URL, or unset MONGODB_URI for the embedded default")
+	case c.RedisURL != "" && c.MongoURI == "":
+		return errors.New("REDIS_URL is set without MONGODB_URI: the scale-out shape needs both (every process must read the same assets); set MONGODB_URI, or unset REDIS_URL for the embedded default")
+	case c.JWTSecret == "" && !c.Embedded():
 		return errors.New("JWT_SECRET: required when MONGODB_URI or REDIS_URL is set (every process must share it)")
 	}
 	return nil
+}
+
+// BlobDir is the directory of the disk blob store: BLOB_URL's path when it
+// is a file URL, DATA_DIR/blobs when BLOB_URL is unset, "" for S3.
+func (c *Config) BlobDir() string {
+	if c.BlobURL == "" {
+		return filepath.Join(c.DataDir, "blobs")
+	}
+	if u, err := url.Parse(c.BlobURL); err == nil && u.Scheme == "file" {
+		return filepath.Clean(u.Path)
+	}
+	return ""
 }
 
 // Embedded reports whether the service runs on its embedded backends.

@@ -78,14 +78,52 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 
 func TestScaleOutRequiresSecret(t *testing.T) {
 	t.Parallel()
-	_, _, err := Load("serve", nil, env(map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}), io.Discard, nil)
+	both := map[string]string{"REDIS_URL": "redis://127.0.0.1:6379", "MONGODB_URI": "mongodb://127.0.0.1:27017"}
+	_, _, err := Load("serve", nil, env(both), io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "JWT_SECRET") {
 		t.Fatalf("err = %v", err)
 	}
-	c, _, err := Load("serve", nil, env(map[string]string{
-		"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": strings.Repeat("k", 32)}), io.Discard, nil)
+	both["JWT_SECRET"] = strings.Repeat("k", 32)
+	c, _, err := Load("serve", nil, env(both), io.Discard, nil)
 	if err != nil || c.Embedded() {
 		t.Fatalf("c = %+v, err = %v", c, err)
+	}
+}
+
+// Only the two shapes start: a store or queue half shared would split the
+// deployment's data between machines without a word.
+func TestMixedShapesAreRefused(t *testing.T) {
+	t.Parallel()
+	secret := strings.Repeat("k", 32)
+	for name, m := range map[string]map[string]string{
+		"MONGODB_URI is set without REDIS_URL": {"MONGODB_URI": "mongodb://127.0.0.1:27017", "JWT_SECRET": secret},
+		"REDIS_URL is set without MONGODB_URI": {"REDIS_URL": "redis://127.0.0.1:6379", "JWT_SECRET": secret},
+	} {
+		if _, _, err := Load("serve", nil, env(m), io.Discard, nil); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%v: err = %v", m, err)
+		}
+	}
+}
+
+func TestBlobURL(t *testing.T) {
+	t.Parallel()
+	for v, dir := range map[string]string{
+		"":                          "data/blobs",
+		"file:///srv/klectr/blobs/": "/srv/klectr/blobs",
+		"s3://bucket/prefix?endpoint=http://127.0.0.1:9000": "",
+	} {
+		c, _, err := Load("serve", []string{"-data-dir", "data"}, env(map[string]string{"BLOB_URL": v}), io.Discard, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if c.BlobURL != v || c.BlobDir() != dir {
+			t.Errorf("%q: BlobURL %q, BlobDir %q, want dir %q", v, c.BlobURL, c.BlobDir(), dir)
+		}
+	}
+	for _, v := range []string{"file://relative/dir", "file:///abs?x=1", "/srv/blobs", "gs://bucket", "http://x"} {
+		if _, _, err := Load("serve", nil, env(map[string]string{"BLOB_URL": v}), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "BLOB_URL") {
+			t.Errorf("%q: err = %v, want one naming BLOB_URL", v, err)
+		}
 	}
 }
 

@@ -102,10 +102,11 @@ func (s *Server) adminRetryJob(w http.ResponseWriter, r *http.Request) {
 	s.adminGetJob(w, r)
 }
 
-// adminDeleteJob is DELETE /api/admin/jobs/{id}.
+// adminDeleteJob is DELETE /api/admin/jobs/{id}: the job goes, and its
+// asset, if still processing under it, fails (job_deleted).
 func (s *Server) adminDeleteJob(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.Jobs.Delete(r.Context(), id); err != nil {
+	if err := s.Intake.DeleteJob(r.Context(), id); err != nil {
 		s.writeError(w, r, s.jobError(r, err))
 		return
 	}

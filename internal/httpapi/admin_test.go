@@ -9,8 +9,8 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/klectr/klectr/internal/asset"
-	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/queue"
+	"github.com/klectr/klectr/internal/wire"
 )
 
 // newJobInfo is a job of the ai-processing queue in state st, with a real
@@ -19,7 +19,7 @@ func newJobInfo(t *testing.T, st queue.State) queue.Info {
 	t.Helper()
 	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 	a := newAsset("u1", asset.StatusProcessing, at)
-	job, err := pipeline.NewJob(a, at)
+	job, err := wire.NewJob(a, at)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/klectr/klectr/internal/asset"
-	"github.com/klectr/klectr/internal/httpapi"
 )
 
 // newAsset is a stored asset of user in status st; draft and failed ones
@@ -403,17 +402,6 @@ func TestUnknownRoute(t *testing.T) {
 	e := newEnv(t)
 	r := e.do(t, e.request(t, "GET", "/api/nothing-here", e.token(t, "u1", ""), nil), doOptions{noContract: true})
 	r.wantError(t, http.StatusNotFound, "not_found")
-}
-
-func TestReadyzDown(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, func(d *httpapi.Deps) {
-		d.Ready = func(context.Context) error { return errors.New("sqlite: database is locked") }
-	})
-	b := e.get(t, "/readyz", "").wantError(t, 503, "unavailable")
-	if strings.Contains(b.Error.Message, "sqlite") {
-		t.Errorf("the 503 leaks its cause: %q", b.Error.Message)
-	}
 }
 
 // TestNotFoundDoesNotEchoALongID: the 404 quotes a short start of the id

@@ -84,7 +84,7 @@ func newEnvUnstarted(t *testing.T, opts ...envOption) *env {
 		logs:    &syncBuffer{},
 		now:     now,
 	}
-	e.intake = &fakeIntake{assets: e.assets, now: now}
+	e.intake = &fakeIntake{assets: e.assets, jobs: e.jobs, now: now}
 	d := httpapi.Deps{
 		Keys:    e.keys,
 		Assets:  e.assets,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/httpapi"
+	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
 
@@ -111,7 +112,6 @@ func (f *fakeAssets) listCalls() []listCall {
 // submission is one call of Intake.Submit.
 type submission struct {
 	Assets []*asset.Asset
-	Jobs   []queue.Job
 }
 
 // fakeIntake records submissions. Resubmit moves a failed asset of its
@@ -119,11 +119,13 @@ type submission struct {
 // (sqlitestore.ReprocessTx): the outcome, the attempts and the owed event.
 type fakeIntake struct {
 	assets *fakeAssets
+	jobs   *fakeJobs // DeleteJob deletes here
 
 	mu          sync.Mutex
 	submitErr   error
 	submitHook  func(ctx context.Context) error // runs inside Submit when set; its error is returned
 	submissions []submission
+	once        func(context.Context, []*asset.Asset, idempotency.Claim) (*idempotency.Record, error)
 	resubmits   []string // "assetID newJobID"
 	resubmitErr error
 	replayErr   error
@@ -131,7 +133,7 @@ type fakeIntake struct {
 	now         time.Time
 }
 
-func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset, jobs []queue.Job) error {
+func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset) error {
 	f.mu.Lock()
 	hook, err := f.submitHook, f.submitErr
 	f.mu.Unlock()
@@ -150,8 +152,19 @@ func (f *fakeIntake) Submit(ctx context.Context, assets []*asset.Asset, jobs []q
 		c := *a
 		cp[i] = &c
 	}
-	f.submissions = append(f.submissions, submission{cp, append([]queue.Job(nil), jobs...)})
+	f.submissions = append(f.submissions, submission{cp})
 	return nil
+}
+
+// SubmitOnce runs once when set; otherwise it is Submit, recorded the same.
+func (f *fakeIntake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idempotency.Claim) (*idempotency.Record, error) {
+	f.mu.Lock()
+	once := f.once
+	f.mu.Unlock()
+	if once != nil {
+		return once(ctx, assets, c)
+	}
+	return nil, f.Submit(ctx, assets)
 }
 
 func (f *fakeIntake) Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error) {
@@ -181,6 +194,10 @@ func (f *fakeIntake) Replay(_ context.Context, jobID string) error {
 	defer f.mu.Unlock()
 	f.replays = append(f.replays, jobID)
 	return f.replayErr
+}
+
+func (f *fakeIntake) DeleteJob(ctx context.Context, jobID string) error {
+	return f.jobs.Delete(ctx, jobID)
 }
 
 func (f *fakeIntake) submitted() []submission {

@@ -20,6 +20,7 @@ const (
 	codeInvalidImage   = "invalid_image"
 	codeNotFound       = "not_found"
 	codeConflict       = "conflict"
+	codeKeyReused      = "idempotency_key_reused"
 	codeRateLimited    = "rate_limited"
 	codeRequestTimeout = "request_timeout"
 	codeUnavailable    = "unavailable"
@@ -37,6 +38,7 @@ var codeStatus = map[string]int{
 	codeInvalidImage:   http.StatusUnprocessableEntity,
 	codeNotFound:       http.StatusNotFound,
 	codeConflict:       http.StatusConflict,
+	codeKeyReused:      http.StatusUnprocessableEntity,
 	codeRateLimited:    http.StatusTooManyRequests,
 	codeRequestTimeout: http.StatusRequestTimeout,
 	codeUnavailable:    http.StatusServiceUnavailable,
@@ -82,6 +84,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)
+}
+
+// writeRawJSON writes body, JSON already encoded, with status.
+func writeRawJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(body)
 }
 
 // writeError writes e in the contract's shape; 5xx are logged with the

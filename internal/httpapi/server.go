@@ -7,6 +7,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -14,6 +16,7 @@ import (
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
 
@@ -23,17 +26,28 @@ type Assets interface {
 	List(ctx context.Context, userID string, q asset.ListQuery) (asset.Page, error)
 }
 
-// Intake makes accepted work durable.
+// Intake makes accepted work durable. It builds each asset's job itself.
 type Intake interface {
-	// Submit stores the assets and enqueues their jobs together: when it
-	// returns nil, both are durable; on error, neither is visible.
-	Submit(ctx context.Context, assets []*asset.Asset, jobs []queue.Job) error
+	// Submit stores the assets, each processing under its ProcessingJobID,
+	// and enqueues their jobs: when it returns nil, both are durable; on
+	// error, nothing was accepted.
+	Submit(ctx context.Context, assets []*asset.Asset) error
+	// SubmitOnce is Submit under an idempotency key; see
+	// idempotency.Submitter.
+	idempotency.Submitter
 	// Resubmit moves a failed asset back to processing under newJobID and
-	// enqueues that job together (asset.ErrConflict if it is not failed).
+	// enqueues that job (asset.ErrConflict if it is not failed). When it
+	// returns the asset, the asset is processing and its job will run: with
+	// the job in the same transaction, or, where the store and the queue
+	// share none, enqueued later by the reconciler if the enqueue failed.
 	Resubmit(ctx context.Context, assetID, newJobID string) (*asset.Asset, error)
 	// Replay runs a dead job again, moving its asset back to processing
 	// (queue.ErrNotFound, queue.ErrNotDead).
 	Replay(ctx context.Context, jobID string) error
+	// DeleteJob deletes a job that is not running (queue.ErrNotFound,
+	// queue.ErrActive) and fails its asset if the asset is still processing
+	// under it, so that no asset is left processing without a job.
+	DeleteJob(ctx context.Context, jobID string) error
 }
 
 // Jobs is what the admin API reads and changes of the queue.
@@ -41,7 +55,6 @@ type Jobs interface {
 	Counts(ctx context.Context) (map[queue.State]int, error)
 	List(ctx context.Context, state queue.State, limit int) ([]queue.Info, error)
 	Get(ctx context.Context, id string) (queue.Info, error)
-	Delete(ctx context.Context, id string) error
 }
 
 // Limits bound an upload request.
@@ -68,11 +81,19 @@ type Deps struct {
 	Limits  Limits
 	Log     *slog.Logger
 	Now     func() time.Time
-	NewID   func() string                   // nil: ULIDs
-	Ready   func(ctx context.Context) error // nil: always ready
-	Socket  http.Handler                    // mounted at /socket.io/ when set
-	Metrics http.Handler                    // mounted at /metrics when set
-	Limiter Limiter                         // nil: no per-user rate limit
+	NewID   func() string // nil: ULIDs
+	Ready   []Check       // what /readyz checks; none: always ready
+	Socket  http.Handler  // mounted at /socket.io/ when set
+	Metrics http.Handler  // mounted at /metrics when set
+	Limiter Limiter       // nil: no per-user rate limit
+}
+
+// Check is one dependency that /readyz reports by name (store, queue, bus,
+// blobs). Check returns nil when the dependency can do its work now; for a
+// store that means accepting writes, not only answering reads.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
 }
 
 // Limiter decides whether a user may upload now; when not, it says how long
@@ -86,6 +107,9 @@ type Server struct {
 	Deps
 	log *slog.Logger
 	mux *http.ServeMux
+
+	readyMu sync.Mutex
+	failing map[string]bool // checks that failed last time, to log changes only
 }
 
 // New returns the API's handler with every route registered.
@@ -102,8 +126,16 @@ func New(d Deps) *Server {
 	if d.Limits.MinBodyBytes == 0 {
 		d.Limits.MinBodyBytes = 16 << 10
 	}
-	s := &Server{Deps: d, log: d.Log, mux: http.NewServeMux()}
+	s := &Server{Deps: d, log: d.Log, mux: http.NewServeMux(), failing: map[string]bool{}}
 	s.routes()
+	return s
+}
+
+// NewProbes returns a handler of the probes only (/healthz, /readyz and
+// /metrics when set), for a process that serves no API (klectr worker).
+func NewProbes(d Deps) *Server {
+	s := &Server{Deps: d, log: d.Log, mux: http.NewServeMux(), failing: map[string]bool{}}
+	s.probes()
 	return s
 }
 
@@ -122,15 +154,21 @@ func (s *Server) routes() {
 	s.mux.Handle("POST /api/admin/jobs/{id}/retry", admin(s.adminRetryJob))
 	s.mux.Handle("DELETE /api/admin/jobs/{id}", admin(s.adminDeleteJob))
 
+	if s.Socket != nil {
+		s.mux.Handle("/socket.io/", s.Socket)
+	}
+	s.probes()
+}
+
+// probes registers /healthz, /readyz, /metrics and the JSON 404 of every
+// other path.
+func (s *Server) probes() {
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	if s.Metrics != nil {
 		s.mux.Handle("GET /metrics", s.Metrics)
-	}
-	if s.Socket != nil {
-		s.mux.Handle("/socket.io/", s.Socket)
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(codeNotFound, "no route for %s %s", r.Method, r.URL.Path))
@@ -154,16 +192,49 @@ func (s *Server) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// readyTimeout bounds each readiness check.
+const readyTimeout = 2 * time.Second
+
+// readyz is GET /readyz: every check runs at once, each bounded, and the
+// reply names each dependency's state. Causes are logged, never sent: the
+// probe is unauthenticated.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.Ready(ctx); err != nil {
-			s.writeError(w, r, internalError(codeUnavailable, err))
-			return
-		}
+	errs := make([]error, len(s.Ready))
+	var wg sync.WaitGroup
+	for i, c := range s.Ready {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+			defer cancel()
+			errs[i] = c.Check(ctx)
+		})
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	wg.Wait()
+
+	checks := make(map[string]string, len(s.Ready))
+	var down []string
+	s.readyMu.Lock()
+	for i, c := range s.Ready {
+		checks[c.Name] = "ok"
+		if errs[i] != nil {
+			checks[c.Name] = "unavailable"
+			down = append(down, c.Name)
+			if !s.failing[c.Name] {
+				s.log.WarnContext(r.Context(), "not ready", "dependency", c.Name, "err", errs[i])
+			}
+		} else if s.failing[c.Name] {
+			s.log.InfoContext(r.Context(), "ready again", "dependency", c.Name)
+		}
+		s.failing[c.Name] = errs[i] != nil
+	}
+	s.readyMu.Unlock()
+	if len(down) > 0 {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+			"error":  map[string]string{"code": string(codeUnavailable), "message": "not ready: " + strings.Join(down, ", ")},
+			"checks": checks,
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
 }
 
 // claims returns the authenticated caller; routes that call it are behind

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -20,9 +21,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/klectr/klectr/internal/asset"
+	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/imageinfo"
-	"github.com/klectr/klectr/internal/pipeline"
-	"github.com/klectr/klectr/internal/queue"
 )
 
 // uploadField is the multipart field that carries the images.
@@ -42,11 +42,23 @@ type stored struct {
 
 // analyzeQueue is POST /api/assets/analyze-queue: stream every file of field
 // "images" to the blob store (hashing on the way), check its type and size
-// from its bytes, and commit all assets and their jobs at once. Any refusal
+// from its bytes, and hand all assets to the intake, which commits them and
+// their jobs at once. Any refusal
 // removes every blob the request wrote: a request is all or nothing.
+//
+// With an Idempotency-Key, the intake keeps the 202's body under the key
+// (idempotency.Submitter): a repeat of the request gets it again and
+// creates nothing, and its blobs are removed like a refused request's. The
+// key is decided only once the whole body has been read (its fingerprint
+// covers the files), so a refused upload never reaches the key.
 func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	user := claims(r).UserID
+	key, apiErr := idempotencyKey(r)
+	if apiErr != nil {
+		s.writeError(w, r, apiErr)
+		return
+	}
 	if s.Limiter != nil {
 		if ok, wait := s.Limiter.Allow(user); !ok {
 			secs := max(1, int((wait+time.Second-1)/time.Second))
@@ -82,7 +94,6 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 
 	now := s.Now().UTC().Truncate(time.Millisecond)
 	assets := make([]*asset.Asset, len(files))
-	jobs := make([]queue.Job, len(files))
 	for i, f := range files {
 		a := &asset.Asset{
 			ID:              s.NewID(),
@@ -99,19 +110,52 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 			CreatedAt:       now,
 			UpdatedAt:       now,
 		}
-		job, err := pipeline.NewJob(a, now)
-		if err != nil {
-			s.writeError(w, r, internalError(codeInternal, err))
+		assets[i] = a
+	}
+	body := acceptedBody(assets)
+	if key == "" {
+		if err := s.Intake.Submit(ctx, assets); err != nil {
+			s.writeError(w, r, internalError(codeUnavailable, err))
 			return
 		}
-		assets[i], jobs[i] = a, job
-	}
-	if err := s.Intake.Submit(ctx, assets, jobs); err != nil {
-		s.writeError(w, r, internalError(codeUnavailable, err))
-		return
+	} else {
+		fp := make([]idempotency.File, len(files))
+		for i, f := range files {
+			fp[i] = idempotency.File{Name: f.filename, Size: f.size, SHA256: f.sha256}
+		}
+		c := idempotency.Claim{UserID: user, Key: key, Fingerprint: idempotency.Fingerprint(user, fp), Response: body, At: now}
+		keyLog := idempotency.LogID(user, key)
+		prior, err := s.Intake.SubmitOnce(ctx, assets, c)
+		switch {
+		case errors.Is(err, idempotency.ErrReused):
+			s.log.InfoContext(ctx, "idempotency key reused with another body", "userId", user, "idempotencyKey", keyLog)
+			s.writeError(w, r, errorf(codeKeyReused, "this Idempotency-Key was used with another request; send that request again to get its response, or use a new key"))
+			return
+		case errors.Is(err, idempotency.ErrInFlight):
+			e := errorf(codeConflict, "a request with this Idempotency-Key is still being processed; retry it in a moment")
+			e.retryAfter = time.Second
+			s.writeError(w, r, e)
+			return
+		case err != nil:
+			s.writeError(w, r, internalError(codeUnavailable, err))
+			return
+		case prior != nil:
+			s.log.InfoContext(ctx, "upload repeated; the first response is replayed", "userId", user, "idempotencyKey", keyLog)
+			w.Header().Set("Idempotent-Replayed", "true")
+			writeRawJSON(w, http.StatusAccepted, prior.Response)
+			return
+		}
 	}
 	ok = true
+	for _, a := range assets {
+		s.log.InfoContext(ctx, "asset accepted", "assetId", a.ID, "jobId", a.ProcessingJobID, "userId", user,
+			"contentType", a.ContentType, "size", a.Size, "width", a.Width, "height", a.Height)
+	}
+	writeRawJSON(w, http.StatusAccepted, body)
+}
 
+// acceptedBody is the 202's body for assets, as a replay sends it again.
+func acceptedBody(assets []*asset.Asset) []byte {
 	type accepted struct {
 		AssetID  string `json:"assetId"`
 		JobID    string `json:"jobId"`
@@ -121,10 +165,33 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 	out := make([]accepted, len(assets))
 	for i, a := range assets {
 		out[i] = accepted{a.ID, a.ProcessingJobID, string(a.Status), a.Filename}
-		s.log.InfoContext(ctx, "asset accepted", "assetId", a.ID, "jobId", a.ProcessingJobID, "userId", user,
-			"contentType", a.ContentType, "size", a.Size, "width", a.Width, "height", a.Height)
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"assets": out})
+	b, err := json.Marshal(map[string]any{"assets": out})
+	if err != nil {
+		panic(err) // strings only
+	}
+	return append(b, '\n')
+}
+
+// idempotencyKey reads the request's Idempotency-Key ("" when it has none).
+func idempotencyKey(r *http.Request) (string, *apiError) {
+	vs := r.Header.Values(idempotency.Header)
+	if len(vs) == 0 {
+		return "", nil
+	}
+	if len(vs) > 1 {
+		e := errorf(codeBadRequest, "send one Idempotency-Key header, not %d", len(vs))
+		e.Field = idempotency.Header
+		return "", e
+	}
+	key, err := idempotency.ParseKey(vs[0])
+	if err != nil {
+		// The message names the rule, never the key.
+		e := errorf(codeBadRequest, "the Idempotency-Key header is not valid: %s", strings.TrimPrefix(err.Error(), idempotency.ErrInvalidKey.Error()+": "))
+		e.Field = idempotency.Header
+		return "", e
+	}
+	return key, nil
 }
 
 // receive reads the multipart body. It returns every file it stored, also

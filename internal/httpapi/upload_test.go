@@ -28,8 +28,7 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/httpapi"
-	"github.com/klectr/klectr/internal/pipeline"
-	"github.com/klectr/klectr/internal/queue"
+	"github.com/klectr/klectr/internal/wire"
 )
 
 // jobSchema is api/ai-job.schema.json, compiled once per test binary.
@@ -107,7 +106,7 @@ type acceptedBody struct {
 }
 
 // checkAccepted checks a 202 for files uploaded by user: the reply, what
-// Intake received (the assets and one job each, the job's payload valid
+// Intake received (the assets, from which the intake's job payload is valid
 // against ai-job.schema.json) and the blobs on disk.
 func checkAccepted(t *testing.T, e *env, user string, files []upFile, r reply) {
 	t.Helper()
@@ -128,8 +127,8 @@ func checkAccepted(t *testing.T, e *env, user string, files []upFile, r reply) {
 		t.Fatalf("Intake.Submit called %d times, want once", len(subs))
 	}
 	sub := subs[0]
-	if len(sub.Assets) != len(files) || len(sub.Jobs) != len(files) {
-		t.Fatalf("Submit got %d assets and %d jobs, want %d of each", len(sub.Assets), len(sub.Jobs), len(files))
+	if len(sub.Assets) != len(files) {
+		t.Fatalf("Submit got %d assets, want %d", len(sub.Assets), len(files))
 	}
 	schema, err := jobSchema()
 	if err != nil {
@@ -138,7 +137,7 @@ func checkAccepted(t *testing.T, e *env, user string, files []upFile, r reply) {
 	wantTime := e.now.Truncate(time.Millisecond)
 	keys := map[string]bool{}
 	for i, f := range files {
-		a, job, got := sub.Assets[i], sub.Jobs[i], body.Assets[i]
+		a, got := sub.Assets[i], body.Assets[i]
 		sum := sha256.Sum256(f.data)
 		wantSum := hex.EncodeToString(sum[:])
 
@@ -155,24 +154,16 @@ func checkAccepted(t *testing.T, e *env, user string, files []upFile, r reply) {
 		if a.ProcessingJobID == "" || a.ID == "" || a.ID == a.ProcessingJobID {
 			t.Errorf("file %d: ids %q/%q", i, a.ID, a.ProcessingJobID)
 		}
-
-		if job.ID != a.ProcessingJobID || job.Queue != queue.AIProcessing {
-			t.Errorf("file %d: job %s in %q, want %s in %q", i, job.ID, job.Queue, a.ProcessingJobID, queue.AIProcessing)
+		job, err := wire.NewJob(a, e.now)
+		if err != nil {
+			t.Fatalf("file %d: %v", i, err)
 		}
 		inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(job.Payload))
 		if err != nil {
 			t.Fatalf("file %d: payload %s: %v", i, job.Payload, err)
 		}
 		if err := schema.Validate(inst); err != nil {
-			t.Errorf("file %d: payload %s breaks ai-job.schema.json: %v", i, job.Payload, err)
-		}
-		var p pipeline.Payload
-		if err := json.Unmarshal(job.Payload, &p); err != nil {
-			t.Fatal(err)
-		}
-		if p.JobID != a.ProcessingJobID || p.AssetID != a.ID || p.UserID != user || p.BlobKey != a.BlobKey ||
-			p.ContentType != f.wantType || p.Size != int64(len(f.data)) || p.SHA256 != wantSum || !p.EnqueuedAt.Equal(wantTime) {
-			t.Errorf("file %d: payload %+v does not match asset %+v", i, p, *a)
+			t.Errorf("file %d: the job of asset %+v breaks ai-job.schema.json: %v", i, *a, err)
 		}
 
 		keys[a.BlobKey] = true

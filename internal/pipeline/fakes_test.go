@@ -26,6 +26,7 @@ import (
 	"github.com/klectr/klectr/internal/blob"
 	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/queue"
+	"github.com/klectr/klectr/internal/wire"
 )
 
 // fakeStore is an in-memory pipeline.Store that keeps asset.Store's
@@ -385,7 +386,7 @@ func (e *env) newAsset() (*asset.Asset, *queue.Job) {
 		Width: 150, Height: 103, BlobKey: key, CreatedAt: now, UpdatedAt: now,
 	}
 	e.store.put(a)
-	job, err := pipeline.NewJob(a, now)
+	job, err := wire.NewJob(a, now)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/queue/riverqueue"
 	"github.com/klectr/klectr/internal/sqlitedb"
+	"github.com/klectr/klectr/internal/wire"
 )
 
 // aiService is an AI service that can go down in two ways: answering 503
@@ -199,7 +200,7 @@ func (o outage) run(t *testing.T) outageFigures {
 			if err := store.Create(ctx, a); err != nil {
 				t.Fatal(err)
 			}
-			job, err := pipeline.NewJob(a, now)
+			job, err := wire.NewJob(a, now)
 			if err != nil {
 				t.Fatal(err)
 			}

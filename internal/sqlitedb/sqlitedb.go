@@ -80,3 +80,24 @@ func dsn(path string, readOnly bool) string {
 func (db *DB) Close() error {
 	return errors.Join(db.Read.Close(), db.Write.Close())
 }
+
+// probeTable holds the one row WriteProbe rewrites.
+const probeTable = `CREATE TABLE IF NOT EXISTS klectr_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL) STRICT`
+
+// WriteProbe commits a one-row write through Write, as every writer does
+// (the WAL grows, the commit is synced): it fails when the file cannot take
+// writes — a full disk, a read-only or failing file system — which a read
+// does not notice. It waits its turn for the write connection, so callers
+// bound it with ctx.
+func (db *DB) WriteProbe(ctx context.Context) error {
+	return db.InTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, probeTable); err != nil {
+			return fmt.Errorf("sqlitedb: write probe: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO klectr_probe (id, at) VALUES (1, unixepoch('subsec') * 1000)
+			ON CONFLICT (id) DO UPDATE SET at = excluded.at`); err != nil {
+			return fmt.Errorf("sqlitedb: write probe: %w", err)
+		}
+		return nil
+	})
+}

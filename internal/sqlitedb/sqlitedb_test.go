@@ -60,3 +60,31 @@ func TestOpenWALAndReadOnly(t *testing.T) {
 		t.Fatalf("reader saw %d rows after commit, want 1", n)
 	}
 }
+
+// WriteProbe commits through the write connection, so it fails when SQLite
+// refuses writes while reads still work (here the connection is made
+// read-only; on a full disk SQLite says "database or disk is full").
+func TestWriteProbeFailsWhenWritesFail(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for range 2 {
+		if err := db.WriteProbe(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Write.ExecContext(ctx, "PRAGMA query_only = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.WriteProbe(ctx); err == nil {
+		t.Fatal("WriteProbe succeeded on a connection that refuses writes")
+	}
+	var n int
+	if err := db.Read.QueryRowContext(ctx, "SELECT count(*) FROM klectr_probe").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("reads still work: %d %v", n, err)
+	}
+}

@@ -59,7 +59,7 @@ func (s *Store) Create(ctx context.Context, assets ...*asset.Asset) error {
 	if len(assets) == 0 {
 		return nil
 	}
-	return s.inTx(ctx, func(tx *sql.Tx) error { return s.CreateTx(ctx, tx, assets...) })
+	return s.db.InTx(ctx, func(tx *sql.Tx) error { return s.CreateTx(ctx, tx, assets...) })
 }
 
 // CreateTx inserts assets inside the caller's write transaction on the same
@@ -71,24 +71,14 @@ func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, assets ...*asset.Asset
 	if len(assets) == 0 {
 		return nil
 	}
-	if _, err := tx.ExecContext(ctx, `SAVEPOINT asset_create`); err != nil {
-		return fmt.Errorf("sqlitestore: create: %w", err)
-	}
-	for _, a := range assets {
-		if err := insert(ctx, tx, a); err != nil {
-			// Undo this call's rows even if ctx is done, so that tx holds
-			// none of them whatever the caller does next.
-			uctx := context.WithoutCancel(ctx)
-			if _, rerr := tx.ExecContext(uctx, `ROLLBACK TO asset_create; RELEASE asset_create`); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("sqlitestore: create: undo: %w", rerr))
+	return sqlitedb.Savepoint(ctx, tx, func() error {
+		for _, a := range assets {
+			if err := insert(ctx, tx, a); err != nil {
+				return err
 			}
-			return err
 		}
-	}
-	if _, err := tx.ExecContext(ctx, `RELEASE asset_create`); err != nil {
-		return fmt.Errorf("sqlitestore: create: %w", err)
-	}
-	return nil
+		return nil
+	})
 }
 
 func insert(ctx context.Context, q querier, a *asset.Asset) error {
@@ -118,6 +108,19 @@ func insert(ctx context.Context, q querier, a *asset.Asset) error {
 // Get returns the asset with that id, or asset.ErrNotFound.
 func (s *Store) Get(ctx context.Context, id string) (*asset.Asset, error) {
 	a, err := scanAsset(s.db.Read.QueryRowContext(ctx, `SELECT `+columns+` FROM assets WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, asset.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// GetTx is Get inside the caller's write transaction: it sees what tx has
+// written, and it uses only tx.
+func (s *Store) GetTx(ctx context.Context, tx *sql.Tx, id string) (*asset.Asset, error) {
+	a, err := scanAsset(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM assets WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("sqlitestore: get %s: %w", id, asset.ErrNotFound)
 	}
@@ -205,27 +208,13 @@ func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int
 // gone, and rejects an outcome that is not final or has no event id. It
 // commits together with concurrent callers' writes (see groupWriter).
 func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
-	if out.Status != asset.StatusDraft && out.Status != asset.StatusFailed {
-		return nil, fmt.Errorf("sqlitestore: finish %s: outcome status %q is not final", id, out.Status)
+	if err := checkOutcome(id, out); err != nil {
+		return nil, err
 	}
-	if out.EventID == "" {
-		return nil, fmt.Errorf("sqlitestore: finish %s: outcome has no event id", id)
-	}
-	var errCode, errMsg *string
-	if out.Error != nil {
-		errCode, errMsg = &out.Error.Code, &out.Error.Message
-	}
-	ms := out.ProcessedAt.UnixMilli()
 	var a *asset.Asset
 	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
-		a, err = scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
-				status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
-				processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
-			WHERE id = ? AND status = 'processing' AND processing_job_id = ?
-			RETURNING `+columns,
-			string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
-			ms, ms, out.EventID, id, jobID))
+		a, err = finishRow(ctx, tx, id, jobID, out)
 		if errors.Is(err, sql.ErrNoRows) {
 			return noRow(ctx, tx, id)
 		}
@@ -235,6 +224,49 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 		return nil, fmt.Errorf("sqlitestore: finish %s: %w", id, err)
 	}
 	return a, nil
+}
+
+// FinishTx is Finish inside the caller's write transaction, so that an
+// operator's deletion of a job fails its asset in the same commit. It uses
+// only tx.
+func (s *Store) FinishTx(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	if err := checkOutcome(id, out); err != nil {
+		return nil, err
+	}
+	a, err := finishRow(ctx, tx, id, jobID, out)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = missingOrConflict(ctx, tx, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: finish %s: %w", id, err)
+	}
+	return a, nil
+}
+
+func checkOutcome(id string, out asset.Outcome) error {
+	if out.Status != asset.StatusDraft && out.Status != asset.StatusFailed {
+		return fmt.Errorf("sqlitestore: finish %s: outcome status %q is not final", id, out.Status)
+	}
+	if out.EventID == "" {
+		return fmt.Errorf("sqlitestore: finish %s: outcome has no event id", id)
+	}
+	return nil
+}
+
+// finishRow is Finish's guarded update; sql.ErrNoRows when the guard fails.
+func finishRow(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+	var errCode, errMsg *string
+	if out.Error != nil {
+		errCode, errMsg = &out.Error.Code, &out.Error.Message
+	}
+	ms := out.ProcessedAt.UnixMilli()
+	return scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
+			status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
+			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
+		WHERE id = ? AND status = 'processing' AND processing_job_id = ?
+		RETURNING `+columns,
+		string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
+		ms, ms, out.EventID, id, jobID))
 }
 
 // noRow explains, as a domainError, why a guarded update in a group
@@ -250,7 +282,7 @@ func noRow(ctx context.Context, tx *sql.Tx, id string) error {
 // Reprocess moves a failed asset to processing under newJobID.
 func (s *Store) Reprocess(ctx context.Context, id, newJobID string, now time.Time) (*asset.Asset, error) {
 	var a *asset.Asset
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		a, err = s.ReprocessTx(ctx, tx, id, newJobID, now)
 		return err
@@ -338,22 +370,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	var n int
 	if err := s.db.Read.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)`).Scan(&n); err != nil {
 		return fmt.Errorf("sqlitestore: ping: %w", err)
-	}
-	return nil
-}
-
-// inTx runs fn in a write transaction and commits it if fn succeeds.
-func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.Write.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("sqlitestore: begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlitestore: commit: %w", err)
 	}
 	return nil
 }

@@ -169,7 +169,7 @@ const findByID = `SELECT id, state FROM river_job WHERE kind = ? AND json_extrac
 // MaxAttempts from this Queue's Policy. Its ID, payload and error history
 // stay.
 func (q *Queue) Retry(ctx context.Context, id string) error {
-	return q.inTx(ctx, func(tx *sql.Tx) error { return q.RetryTx(ctx, tx, id) })
+	return q.db.InTx(ctx, func(tx *sql.Tx) error { return q.RetryTx(ctx, tx, id) })
 }
 
 // RetryTx is Retry inside the caller's transaction on db.Write, so that an
@@ -210,19 +210,23 @@ func (q *Queue) RetryTx(ctx context.Context, tx *sql.Tx, id string) error {
 
 // Delete removes a job that is not running.
 func (q *Queue) Delete(ctx context.Context, id string) error {
-	return q.inTx(ctx, func(tx *sql.Tx) error {
-		rid, state, err := lookup(ctx, tx, id)
-		if err != nil {
-			return err
-		}
-		if state == string(rivertype.JobStateRunning) {
-			return fmt.Errorf("riverqueue: delete job %s: %w", id, queue.ErrActive)
-		}
-		if _, err := q.client.JobDeleteTx(ctx, tx, rid); err != nil {
-			return fmt.Errorf("riverqueue: delete job %s: %w", id, err)
-		}
-		return nil
-	})
+	return q.db.InTx(ctx, func(tx *sql.Tx) error { return q.DeleteTx(ctx, tx, id) })
+}
+
+// DeleteTx is Delete inside the caller's transaction on db.Write, so that
+// an operator's deletion can fail the job's asset in the same commit.
+func (q *Queue) DeleteTx(ctx context.Context, tx *sql.Tx, id string) error {
+	rid, state, err := lookup(ctx, tx, id)
+	if err != nil {
+		return err
+	}
+	if state == string(rivertype.JobStateRunning) {
+		return fmt.Errorf("riverqueue: delete job %s: %w", id, queue.ErrActive)
+	}
+	if _, err := q.client.JobDeleteTx(ctx, tx, rid); err != nil {
+		return fmt.Errorf("riverqueue: delete job %s: %w", id, err)
+	}
+	return nil
 }
 
 func lookup(ctx context.Context, tx *sql.Tx, id string) (int64, string, error) {

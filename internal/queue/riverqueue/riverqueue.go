@@ -206,7 +206,7 @@ func (q *Queue) migrate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("riverqueue: migrate: %w", err)
 	}
-	return q.inTx(ctx, func(tx *sql.Tx) error {
+	return q.db.InTx(ctx, func(tx *sql.Tx) error {
 		if _, err := m.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
 			return fmt.Errorf("riverqueue: migrate: %w", err)
 		}
@@ -253,7 +253,7 @@ func (q *Queue) Enqueue(ctx context.Context, jobs ...queue.Job) error {
 	if len(jobs) == 0 {
 		return nil
 	}
-	return q.inTx(ctx, func(tx *sql.Tx) error { return q.EnqueueTx(ctx, tx, jobs...) })
+	return q.db.InTx(ctx, func(tx *sql.Tx) error { return q.EnqueueTx(ctx, tx, jobs...) })
 }
 
 // EnqueueTx stores jobs in the caller's transaction on db.Write: they become
@@ -363,7 +363,7 @@ func (q *Queue) Stop(ctx context.Context) error {
 // River's rescuer would after RescueAfter.
 func (q *Queue) recover(ctx context.Context) error {
 	var recovered, dead int
-	err := q.inTx(ctx, func(tx *sql.Tx) error {
+	err := q.db.InTx(ctx, func(tx *sql.Tx) error {
 		exec := q.driver.UnwrapExecutor(tx)
 		now := time.Now().UTC()
 		horizon := now.Add(time.Hour) // every running job, however recent
@@ -412,21 +412,6 @@ func (q *Queue) recover(ctx context.Context) error {
 		q.log.WarnContext(ctx, "recovered jobs interrupted by a previous process", "available", recovered, "dead", dead)
 	}
 	return err
-}
-
-func (q *Queue) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := q.db.Write.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("riverqueue: begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("riverqueue: commit: %w", err)
-	}
-	return nil
 }
 
 // retryPolicy is River's view of queue.Policy. River asks it only when a
