@@ -33,7 +33,8 @@ import (
 
 // TestCluster runs the scale-out shape of DESIGN §1 on the real binaries:
 // `klectr api` and `klectr worker` processes sharing MongoDB, Redis and an
-// S3 server. The throughput run goes first and alone, for its figures; the
+// S3 server. The throughput run goes first, before the fault runs, for its
+// figures (run it alone with -run 'TestCluster/2_api' for clean ones); the
 // fault runs share nothing and go in parallel after it.
 func TestCluster(t *testing.T) {
 	t.Parallel()
