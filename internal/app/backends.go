@@ -13,6 +13,8 @@ import (
 	"github.com/klectr/klectr/internal/blob"
 	"github.com/klectr/klectr/internal/blob/s3blob"
 	"github.com/klectr/klectr/internal/config"
+	"github.com/klectr/klectr/internal/eventlog"
+	"github.com/klectr/klectr/internal/eventlog/sqlitelog"
 	"github.com/klectr/klectr/internal/httpapi"
 	"github.com/klectr/klectr/internal/idempotency/sqlitekeys"
 	"github.com/klectr/klectr/internal/intake/sqliteintake"
@@ -35,6 +37,8 @@ type backends struct {
 	bus    realtime.Bus
 	blobs  blob.Store
 	intake intake
+	// events is the users' event log, in the shape's own store.
+	events eventlog.Log
 	// expireKeys deletes the idempotency records expired before a time.
 	expireKeys func(ctx context.Context, before time.Time) (int64, error)
 	ready      []httpapi.Check
@@ -143,6 +147,9 @@ func (b *backends) openEmbedded(ctx context.Context, cfg *config.Config, log *sl
 	b.closers = append(b.closers, func() error { in.Close(); return nil })
 	b.store, b.queue, b.bus, b.intake = st, rq, realtime.NewLocalBus(), in
 	b.expireKeys = keys.Expire
+	if b.events, err = sqlitelog.New(ctx, db); err != nil {
+		return nil, nil, nil, err
+	}
 
 	store = throttled(all(spaceCheck(cfg.DataDir, minFree), db.WriteProbe), probeEvery)
 	q = func(ctx context.Context) error {

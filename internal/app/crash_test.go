@@ -38,6 +38,10 @@ func TestBinary(t *testing.T) {
 		t.Parallel()
 		testGracefulStop(t, bin)
 	})
+	t.Run("a socket cut across a restart recovers every missed event", func(t *testing.T) {
+		t.Parallel()
+		testRecoveryAcrossRestart(t, bin)
+	})
 }
 
 const testSecret = "crash-test-secret-of-32-bytes-or-more"

@@ -351,9 +351,16 @@ func (c *sioClient) events() []sioEvent {
 	for _, r := range c.lines.records(func(r map[string]any) bool {
 		return r["ev"] == "event" && r["event"] == "asset_processed"
 	}) {
+		// With connection state recovery on, the server appends the
+		// offset, the event's eventId, as a last argument.
 		args, _ := r["args"].([]any)
-		if len(args) != 1 {
-			c.t.Errorf("asset_processed with %d arguments: %v", len(args), r)
+		var ev struct{ EventID string }
+		if len(args) == 2 {
+			b, _ := json.Marshal(args[0])
+			json.Unmarshal(b, &ev)
+		}
+		if len(args) != 2 || ev.EventID == "" || args[1] != ev.EventID {
+			c.t.Errorf("asset_processed arguments %v, want the event and its eventId as the offset", args)
 			continue
 		}
 		b, _ := json.Marshal(args[0])

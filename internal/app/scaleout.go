@@ -1,14 +1,20 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
 
 	"github.com/klectr/klectr/internal/asset/mongostore"
 	"github.com/klectr/klectr/internal/config"
+	"github.com/klectr/klectr/internal/eventlog"
+	"github.com/klectr/klectr/internal/eventlog/mongolog"
 	"github.com/klectr/klectr/internal/idempotency/mongokeys"
 	"github.com/klectr/klectr/internal/intake/splitintake"
 	"github.com/klectr/klectr/internal/queue/redisqueue"
@@ -63,7 +69,29 @@ func (b *backends) openScaleOut(ctx context.Context, cfg *config.Config, log *sl
 	b.closers = append(b.closers, keys.Close)
 	b.expireKeys = keys.Expire
 	b.intake = splitintake.New(ms, rq, keys, newIDs(), log.With("component", "intake"))
+	if b.events, err = b.openEventLog(ctx, cfg); err != nil {
+		return nil, nil, nil, fmt.Errorf("MONGODB_URI: %w", err)
+	}
 	return throttled(ms.Ping, probeEvery), throttled(rq.Ping, probeEvery), throttled(rb.Ping, probeEvery), nil
+}
+
+// openEventLog opens the event log in MONGODB_URI's database (the one
+// mongostore uses), on a client of its own that the backends close.
+func (b *backends) openEventLog(ctx context.Context, cfg *config.Config) (eventlog.Log, error) {
+	cs, err := connstring.ParseAndValidate(cfg.MongoURI)
+	if err != nil {
+		return nil, err
+	}
+	client, err := mongo.Connect(options.Client().ApplyURI(cfg.MongoURI))
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		return client.Disconnect(ctx)
+	})
+	return mongolog.New(ctx, client.Database(cmp.Or(cs.Database, mongostore.DefaultDatabase)), cfg.EventRetention)
 }
 
 // eventChannel is the pub/sub channel of the deployment on REDIS_URL's

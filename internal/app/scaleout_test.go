@@ -55,9 +55,9 @@ func TestScaleOutAPIAndWorker(t *testing.T) {
 		}
 	}
 	admin, _ := api.keys.Sign("ops", "admin", time.Hour)
-	resp, b := api.do("GET", "/api/admin/queues", admin, nil, "")
-	if resp.StatusCode != 200 || !strings.Contains(string(b), `"completed":2`) {
-		t.Fatalf("admin queues: %d %s", resp.StatusCode, b)
+	// The queue records a job's end a moment after its asset is final.
+	if c := waitCounts(t, api.url, admin, 10*time.Second, func(c map[string]int) bool { return c["completed"] == 2 }); c["completed"] != 2 {
+		t.Fatalf("admin queues: %v, want 2 completed", c)
 	}
 
 	// With the worker stopped, a job stays pending; deleting it fails its

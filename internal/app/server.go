@@ -15,6 +15,7 @@ import (
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/config"
+	"github.com/klectr/klectr/internal/eventlog"
 	"github.com/klectr/klectr/internal/httpapi"
 	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/realtime"
@@ -37,10 +38,11 @@ const shutdownTimeout = 25 * time.Second
 
 // runServer runs serve, api or worker until ctx ends. It starts, in order:
 // the realtime server, the queue's workers, the sweeps (event relay,
-// reconciler, orphan blobs; worker processes only), and the HTTP listener
-// (the API, or on a worker only /healthz, /readyz and /metrics), so that a
-// signal during start-up finds every part running and goes through the
-// ordered stop. It stops in this order, each step bounded by
+// reconciler, orphan blobs, event log expiry; worker processes only), the
+// profiling endpoint (with PPROF_ADDR) and the HTTP listener (the API, or
+// on a worker only /healthz, /readyz and /metrics), so that a signal
+// during start-up finds every part running and goes through the ordered
+// stop. It stops in this order, each step bounded by
 // shutdownTimeout:
 //  1. the realtime server closes every socket without a Socket.IO
 //     disconnect, so clients reconnect by themselves when the service is back;
@@ -64,9 +66,12 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		return err
 	}
 	keys := auth.NewKeys(secret, nil)
-	analyzer, err := newAnalyzer(cfg, log)
+	analyzer, breaker, err := newAnalyzer(cfg, log)
 	if err != nil {
 		return err
+	}
+	if !m.worker() {
+		breaker = nil // an api process calls no AI: its workers hold the breakers
 	}
 	handler := &pipeline.Handler{
 		Analyzer: analyzer,
@@ -92,18 +97,24 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 			c, err := keys.Verify(token)
 			return c.UserID, c.ExpiresAt, err
 		},
-		Bus:    b.bus,
-		Logger: log.With("component", "realtime"),
+		Bus:          b.bus,
+		Logger:       log.With("component", "realtime"),
+		Backlog:      b.events,
+		BacklogEvent: pipeline.EventAssetProcessed,
 	})
 	if err != nil {
 		return err
 	}
-	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, rt
+	// Every asset_processed, first publish or relay, is in the user's log
+	// before any socket may get it; on a worker the realtime server
+	// publishes on the bus, so the log is appended once, by the worker.
+	notifier := &eventlog.Notifier{Log: b.events, Next: rt, Event: pipeline.EventAssetProcessed}
+	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, notifier
 	var sweeps []*loop
 	if m.worker() {
-		sweeps = newSweeps(handler, b, qo.single, time.Now(), log)
+		sweeps = newSweeps(handler, b, qo.single, time.Now(), cfg.EventRetention, log)
 	}
-	srv := newHTTPServer(m, cfg, b, keys, rt, log)
+	srv := newHTTPServer(m, cfg, b, keys, rt, breaker, log)
 
 	if err := rt.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
@@ -119,6 +130,11 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		} else {
 			log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "analyzer", analyzerName(cfg))
 		}
+	}
+	var prof *pprofServer
+	if cfg.PprofAddr != "" && len(serveErr) == 0 {
+		prof = newPprofServer(cfg.PprofAddr, log.With("component", "pprof"))
+		prof.start(serveErr)
 	}
 	if len(serveErr) == 0 {
 		for _, l := range sweeps {
@@ -136,6 +152,9 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	}
 	rt.Stop()
 	srv.stop()
+	if prof != nil {
+		prof.stop()
+	}
 	if m.worker() {
 		qctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		if err := b.queue.Stop(qctx); err != nil {
@@ -161,12 +180,15 @@ type httpServer struct {
 	log  *slog.Logger
 }
 
-func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, log *slog.Logger) *httpServer {
+func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, breaker *ai.Breaker, log *slog.Logger) *httpServer {
 	var sockets func() int
 	if m.api() {
 		sockets = rt.ConnectedSockets
 	}
 	mx := newMetrics(b.queue.Counts, sockets)
+	if breaker != nil {
+		mx.reg.MustRegister(ai.BreakerCollector(breaker))
+	}
 	deps := httpapi.Deps{
 		Keys:    keys,
 		Assets:  b.store,
@@ -179,9 +201,13 @@ func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt 
 		Ready:   b.ready,
 		Metrics: mx.handler(),
 	}
+	if breaker != nil {
+		deps.AIBreaker = breaker.State
+	}
 	var h http.Handler
 	if m.api() {
 		deps.Socket = rt
+		deps.Events = b.events
 		if cfg.UploadRate > 0 {
 			deps.Limiter = httpapi.NewUserLimiter(cfg.UploadRate, max(1, cfg.UploadRate/6), nil)
 		}
@@ -239,16 +265,25 @@ func jwtSecret(cfg *config.Config, log *slog.Logger) ([]byte, error) {
 	return auth.LoadOrCreateSecret(cfg.DataDir, log)
 }
 
-func newAnalyzer(cfg *config.Config, log *slog.Logger) (ai.Analyzer, error) {
+// newAnalyzer is the built-in analyzer, or with AI_SERVICE_URL the
+// service's client behind the process's circuit breaker (one per process,
+// shared by all its jobs), which it also returns.
+func newAnalyzer(cfg *config.Config, log *slog.Logger) (ai.Analyzer, *ai.Breaker, error) {
+	log = log.With("component", "ai")
 	if cfg.AIServiceURL == "" {
-		return ai.NewBuiltin(ai.BuiltinConfig{MaxPixels: cfg.MaxPixels, MaxBytes: cfg.MaxFileBytes, Logger: log.With("component", "ai")}), nil
+		return ai.NewBuiltin(ai.BuiltinConfig{MaxPixels: cfg.MaxPixels, MaxBytes: cfg.MaxFileBytes, Logger: log}), nil, nil
 	}
-	return ai.NewClient(ai.ClientConfig{
+	c, err := ai.NewClient(ai.ClientConfig{
 		BaseURL: cfg.AIServiceURL,
 		Token:   cfg.AIServiceToken,
 		Timeout: cfg.AITimeout,
-		Logger:  log.With("component", "ai"),
+		Logger:  log,
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	br := ai.NewBreaker(c, ai.BreakerConfig{Logger: log})
+	return br, br, nil
 }
 
 func analyzerName(cfg *config.Config) string {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/eventlog"
 	"github.com/klectr/klectr/internal/pipeline"
 )
 
@@ -40,12 +41,15 @@ const (
 	// keyExpireEvery: idempotency records past their 24 h are deleted (an
 	// expired one is already ignored; this only frees the space).
 	keyExpireEvery = 10 * time.Minute
+	// eventExpireEvery: events older than EVENT_RETENTION are deleted (a
+	// MongoDB TTL index also does it; FerretDB and SQLite have none).
+	eventExpireEvery = eventlog.DefaultExpireEvery
 )
 
 // newSweeps builds the worker's sweeps. single: this process is the only
 // one on its data (klectr serve, embedded), so at start-up every owed event
 // and every unreferenced blob older than its start is a dead process's.
-func newSweeps(h *pipeline.Handler, b *backends, single bool, started time.Time, log *slog.Logger) []*loop {
+func newSweeps(h *pipeline.Handler, b *backends, single bool, started time.Time, retention time.Duration, log *slog.Logger) []*loop {
 	relayFirst := single
 	relay := newLoop(reconnectGrace, relayEvery, func(ctx context.Context) {
 		age := relayAge
@@ -92,7 +96,16 @@ func newSweeps(h *pipeline.Handler, b *backends, single bool, started time.Time,
 			log.Info("deleted orphan blobs and unfinished uploads", "deleted", n, "olderThan", cutoff)
 		}
 	})
-	loops := []*loop{relay, dead, reconcile, blobs}
+	events := newLoop(reconnectGrace, eventExpireEvery, func(ctx context.Context) {
+		n, err := b.events.Expire(ctx, time.Now().Add(-retention))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("event log expiry failed", "err", err)
+		case n > 0:
+			log.Info("expired events deleted", "count", n, "retention", retention.String())
+		}
+	})
+	loops := []*loop{relay, dead, reconcile, blobs, events}
 	if b.expireKeys != nil {
 		loops = append(loops, newLoop(reconnectGrace, keyExpireEvery, func(ctx context.Context) {
 			if n, err := b.expireKeys(ctx, time.Now()); err != nil && ctx.Err() == nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -41,8 +42,12 @@ type Config struct {
 	MaxPixels    int64
 	UploadRate   int // upload requests per minute per user; 0: unlimited
 
+	EventRetention time.Duration // how long each user's events are kept for catching up
+
 	LogLevel  slog.Level
 	LogFormat string // json or text
+
+	PprofAddr string // loopback address of net/http/pprof; "": off
 }
 
 // setting is one variable, its flag name, default and parser.
@@ -161,6 +166,10 @@ var settings = []setting{
 		c.UploadRate, err = intIn(v, 0, 1_000_000)
 		return err
 	}},
+	{"EVENT_RETENTION", "168h", "how long each user's asset_processed events are kept for catching up", func(c *Config, v string) (err error) {
+		c.EventRetention, err = positiveDuration(v)
+		return err
+	}},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
 		return c.LogLevel.UnmarshalText([]byte(v))
 	}},
@@ -171,6 +180,26 @@ var settings = []setting{
 		c.LogFormat = v
 		return nil
 	}},
+	{"PPROF_ADDR", "", "loopback address of the profiling endpoint /debug/pprof/, e.g. 127.0.0.1:6060 (unset: off)", func(c *Config, v string) error {
+		if v != "" && !loopback(v) {
+			return errors.New("must be a loopback host:port such as 127.0.0.1:6060 or localhost:6060: profiles expose the process's memory and must not be reachable from the network")
+		}
+		c.PprofAddr = v
+		return nil
+	}},
+}
+
+// loopback reports whether addr is host:port with a loopback host.
+func loopback(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // flagName turns AI_SERVICE_URL into ai-service-url.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klectr/klectr/internal/eventlog"
 )
 
 func env(m map[string]string) func(string) string {
@@ -25,7 +27,8 @@ func TestLoadDefaults(t *testing.T) {
 		Addr: ":8080", DataDir: "./data", AITimeout: 30 * time.Second,
 		WorkerConcurrency: 16, JobMaxRetries: 3, JobBackoff: 2 * time.Second,
 		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000, UploadRate: 120,
-		LogLevel: slog.LevelInfo, LogFormat: "json",
+		EventRetention: eventlog.DefaultRetention,
+		LogLevel:       slog.LevelInfo, LogFormat: "json",
 	}
 	if *c != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", *c, want)
@@ -61,6 +64,7 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		"LOG_LEVEL":          {"LOG_LEVEL": "loud"},
 		"LOG_FORMAT":         {"LOG_FORMAT": "xml"},
 		"UPLOAD_RATE":        {"UPLOAD_RATE": "-5"},
+		"EVENT_RETENTION":    {"EVENT_RETENTION": "0s"},
 		"JWT_SECRET":         {"JWT_SECRET": "short"},
 		"REDIS_URL":          {"REDIS_URL": "localhost:6379"},
 		"MONGODB_URI":        {"MONGODB_URI": "localhost"},
@@ -138,6 +142,36 @@ func TestParseBytes(t *testing.T) {
 	for _, in := range []string{"", "MiB", "-1", "1.5MB", "99999999999GiB"} {
 		if _, err := ParseBytes(in); err == nil {
 			t.Errorf("ParseBytes(%q) succeeded", in)
+		}
+	}
+}
+
+// Profiles expose the process's memory: the endpoint listens on loopback
+// only, and any other address stops start-up naming the variable.
+func TestPprofAddrIsLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"127.0.0.1:6060", "localhost:6060", "[::1]:6060", "127.0.0.2:0"} {
+		c, _, err := Load("serve", nil, env(map[string]string{"PPROF_ADDR": v}), io.Discard, nil)
+		if err != nil || c.PprofAddr != v {
+			t.Errorf("%q: PprofAddr %q, err %v", v, c.PprofAddr, err)
+		}
+	}
+	for _, v := range []string{":6060", "0.0.0.0:6060", "[::]:6060", "10.0.0.1:6060", "example.com:6060", "127.0.0.1", "localhost"} {
+		if _, _, err := Load("serve", []string{"-pprof-addr", v}, env(nil), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "PPROF_ADDR") {
+			t.Errorf("%q: err = %v, want one naming PPROF_ADDR", v, err)
+		}
+	}
+}
+
+func TestEventRetention(t *testing.T) {
+	t.Parallel()
+	c, _, err := Load("serve", []string{"-event-retention", "36h"}, env(nil), io.Discard, nil)
+	if err != nil || c.EventRetention != 36*time.Hour {
+		t.Fatalf("EventRetention %v, err %v", c.EventRetention, err)
+	}
+	for _, v := range []string{"-1h", "week"} {
+		if _, _, err := Load("serve", nil, env(map[string]string{"EVENT_RETENTION": v}), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "EVENT_RETENTION") {
+			t.Errorf("%q: err = %v, want one naming EVENT_RETENTION", v, err)
 		}
 	}
 }

@@ -35,7 +35,8 @@ func jobToJSON(i queue.Info) jobJSON {
 	return j
 }
 
-// adminQueues is GET /api/admin/queues: job counts by state.
+// adminQueues is GET /api/admin/queues: job counts by state, and the AI
+// breaker's state where this process holds one.
 func (s *Server) adminQueues(w http.ResponseWriter, r *http.Request) {
 	counts, err := s.Jobs.Counts(r.Context())
 	if err != nil {
@@ -46,9 +47,13 @@ func (s *Server) adminQueues(w http.ResponseWriter, r *http.Request) {
 	for _, st := range queue.States() {
 		byState[st] = counts[st]
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	body := map[string]any{
 		"queues": []any{map[string]any{"name": queue.AIProcessing, "counts": byState}},
-	})
+	}
+	if s.AIBreaker != nil {
+		body["aiBreaker"] = s.AIBreaker()
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // adminListJobs is GET /api/admin/jobs?state=dead&limit=.

@@ -21,6 +21,7 @@ const (
 	codeNotFound       = "not_found"
 	codeConflict       = "conflict"
 	codeKeyReused      = "idempotency_key_reused"
+	codeUnknownEvent   = "unknown_event"
 	codeRateLimited    = "rate_limited"
 	codeRequestTimeout = "request_timeout"
 	codeUnavailable    = "unavailable"
@@ -39,6 +40,7 @@ var codeStatus = map[string]int{
 	codeNotFound:       http.StatusNotFound,
 	codeConflict:       http.StatusConflict,
 	codeKeyReused:      http.StatusUnprocessableEntity,
+	codeUnknownEvent:   http.StatusGone,
 	codeRateLimited:    http.StatusTooManyRequests,
 	codeRequestTimeout: http.StatusRequestTimeout,
 	codeUnavailable:    http.StatusServiceUnavailable,

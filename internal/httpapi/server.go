@@ -13,9 +13,11 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/auth"
 	"github.com/klectr/klectr/internal/blob"
+	"github.com/klectr/klectr/internal/eventlog"
 	"github.com/klectr/klectr/internal/idempotency"
 	"github.com/klectr/klectr/internal/queue"
 )
@@ -86,6 +88,12 @@ type Deps struct {
 	Socket  http.Handler  // mounted at /socket.io/ when set
 	Metrics http.Handler  // mounted at /metrics when set
 	Limiter Limiter       // nil: no per-user rate limit
+	// AIBreaker reads the AI service's circuit breaker of this process, for
+	// /readyz and the admin queue counts; nil where the process holds none
+	// (the built-in analyzer, or an api process: workers call the AI).
+	AIBreaker func() ai.BreakerState
+	// Events is the users' event log, for GET /api/events; nil: no route.
+	Events eventlog.Reader
 }
 
 // Check is one dependency that /readyz reports by name (store, queue, bus,
@@ -147,6 +155,9 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /api/assets", user(s.listAssets))
 	s.mux.Handle("GET /api/assets/{id}", user(s.getAsset))
 	s.mux.Handle("POST /api/assets/{id}/retry", user(s.retryAsset))
+	if s.Events != nil {
+		s.mux.Handle("GET /api/events", user(s.listEvents))
+	}
 
 	s.mux.Handle("GET /api/admin/queues", admin(s.adminQueues))
 	s.mux.Handle("GET /api/admin/jobs", admin(s.adminListJobs))
@@ -197,7 +208,9 @@ const readyTimeout = 2 * time.Second
 
 // readyz is GET /readyz: every check runs at once, each bounded, and the
 // reply names each dependency's state. Causes are logged, never sent: the
-// probe is unauthenticated.
+// probe is unauthenticated. The AI breaker's state ("ai") is reported but
+// never makes the process unready: while it is open, uploads are still
+// accepted and their jobs wait for the service.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	errs := make([]error, len(s.Ready))
 	var wg sync.WaitGroup
@@ -227,14 +240,17 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		s.failing[c.Name] = errs[i] != nil
 	}
 	s.readyMu.Unlock()
+	body := map[string]any{"checks": checks}
+	if s.AIBreaker != nil {
+		body["ai"] = s.AIBreaker()
+	}
 	if len(down) > 0 {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
-			"error":  map[string]string{"code": string(codeUnavailable), "message": "not ready: " + strings.Join(down, ", ")},
-			"checks": checks,
-		})
+		body["error"] = map[string]string{"code": string(codeUnavailable), "message": "not ready: " + strings.Join(down, ", ")}
+		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
+	body["status"] = "ready"
+	writeJSON(w, http.StatusOK, body)
 }
 
 // claims returns the authenticated caller; routes that call it are behind
