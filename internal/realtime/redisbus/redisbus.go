@@ -30,6 +30,11 @@ const DefaultChannel = "klectr:events"
 // pingTimeout bounds the start-up check that Redis answers.
 const pingTimeout = 5 * time.Second
 
+// publishTimeout bounds a Publish, go-redis's retries included (alone they
+// may take 20 s when each dial to an unreachable host times out): the
+// caller keeps the event owed and sends it again later.
+const publishTimeout = 5 * time.Second
+
 // Config configures a Bus.
 type Config struct {
 	// URL is a go-redis URL: redis://[:password@]host:port[/db] or rediss://.
@@ -112,7 +117,9 @@ func (b *Bus) Close() error {
 }
 
 // Publish sends m to every subscription of every process; it returns once
-// Redis has taken the message.
+// Redis has taken the message, or an error within a few seconds at most.
+// An error may also come after Redis took it (the reply was lost), so a
+// caller that publishes again may deliver twice.
 func (b *Bus) Publish(ctx context.Context, m realtime.Message) error {
 	if err := m.Validate(); err != nil {
 		return err
@@ -121,6 +128,8 @@ func (b *Bus) Publish(ctx context.Context, m realtime.Message) error {
 	if err != nil {
 		return fmt.Errorf("redisbus: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
 	if err := b.rdb.Publish(ctx, b.channel, payload).Err(); err != nil {
 		return fmt.Errorf("redisbus: publish: %w", err)
 	}

@@ -226,14 +226,51 @@ func TestGapWhenOnlyTheSubscriberIsCut(t *testing.T) {
 	}
 }
 
+// TestPublishFailsWithinBounds: a Publish that Redis does not take returns
+// an error, so the caller keeps the event owed: at once when the connection
+// is refused, within a few seconds when Redis accepts connections but never
+// answers.
+func TestPublishFailsWithinBounds(t *testing.T) {
+	t.Parallel()
+	url := testenv.RedisURL(t)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, opt.Addr)
+	pub := open(t, fmt.Sprintf("redis://%s/%d", proxy.addr, opt.DB), "klectr:test:"+ulid.Make().String())
+	m := realtime.Message{UserID: "u1", Event: "e"}
+	if err := pub.Publish(context.Background(), m); err != nil {
+		t.Fatalf("Publish before the cut: %v", err)
+	}
+	for _, c := range []struct {
+		name  string
+		fault func()
+		bound time.Duration
+	}{
+		{"refused", proxy.cut, 3 * time.Second},
+		{"unanswered", proxy.stall, 8 * time.Second},
+	} {
+		proxy.heal()
+		c.fault()
+		start := time.Now()
+		err := pub.Publish(context.Background(), m)
+		if d := time.Since(start); err == nil || d > c.bound {
+			t.Errorf("%s: Publish = %v after %v; want an error within %v", c.name, err, d.Round(time.Millisecond), c.bound)
+		}
+	}
+}
+
 // tcpProxy forwards to a Redis until cut, which drops every connection and
-// refuses new ones until heal.
+// refuses new ones until heal, or stall, which keeps the connections but
+// drops what the client sends.
 type tcpProxy struct {
 	addr, target string
 
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
+	mu      sync.Mutex
+	down    bool
+	stalled bool
+	conns   map[net.Conn]bool
 }
 
 func startProxy(t *testing.T, target string) *tcpProxy {
@@ -282,7 +319,7 @@ func (p *tcpProxy) forward(c net.Conn) {
 	p.conns[c], p.conns[s] = true, true
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(s, c); done <- struct{}{} }()
+	go func() { io.Copy(s, p.unlessStalled(c)); done <- struct{}{} }()
 	go func() { io.Copy(c, s); done <- struct{}{} }()
 	<-done
 	c.Close()
@@ -302,11 +339,36 @@ func (p *tcpProxy) cut() {
 	}
 }
 
+func (p *tcpProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+}
+
 func (p *tcpProxy) heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.down = false
+	p.down, p.stalled = false, false
 }
+
+// unlessStalled reads r, discarding what arrives while the proxy is stalled.
+func (p *tcpProxy) unlessStalled(r io.Reader) io.Reader {
+	return readerFunc(func(b []byte) (int, error) {
+		for {
+			n, err := r.Read(b)
+			p.mu.Lock()
+			stalled := p.stalled
+			p.mu.Unlock()
+			if !stalled || err != nil {
+				return n, err
+			}
+		}
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 func receive(t *testing.T, ch <-chan realtime.Message, d time.Duration) realtime.Message {
 	t.Helper()
