@@ -48,6 +48,7 @@ const shutdownTimeout = 25 * time.Second
 //     disconnect, so clients reconnect by themselves when the service is back;
 //  2. the HTTP server stops accepting and lets in-flight requests finish,
 //     so an upload that is being received still commits and gets its 202;
+//     then the profiling endpoint closes;
 //  3. the queue stops taking jobs and lets running ones finish; one still
 //     running at the deadline is cancelled and put back, never lost;
 //  4. the sweeps stop (a sweep in progress is cancelled);
