@@ -310,6 +310,8 @@ func (s *Server) deliver(m Message) {
 	}
 }
 
+const reasonBusGap = "bus gap"
+
 // busGap is the bus subscription's onGap: events published while it was
 // away may be missing from every socket of this process, and those sockets
 // stay connected, so nothing else would ever make up for them. Every

@@ -21,7 +21,6 @@ const (
 // Reasons a session closes, as logged.
 const (
 	reasonStopping     = "server stopping"
-	reasonBusGap       = "bus gap"
 	reasonExpired      = "token expired"
 	reasonPingTimeout  = "ping timeout"
 	reasonQueueFull    = "send queue full"
