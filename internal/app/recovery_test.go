@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,12 +32,13 @@ func testRecoveryAcrossRestart(t *testing.T, bin string) {
 	keys := auth.NewKeys([]byte(testSecret), nil)
 	alice, _ := keys.Sign("alice", "", time.Hour)
 	first := startKlectr(t, bin, env)
+	lb := newBalancer(t, first.url)
 
-	// The client retries 10 s after the cut (randomizationFactor 0: exactly),
-	// which covers the assets finishing and the restart.
-	sio.send(map[string]any{"op": "connect", "name": "a", "url": first.url, "opts": map[string]any{
+	// The client retries every second after the cut; the balancer refuses
+	// it until the assets have finished and the server has restarted.
+	sio.send(map[string]any{"op": "connect", "name": "a", "url": lb.url, "opts": map[string]any{
 		"auth": map[string]string{"token": alice}, "reconnection": true,
-		"reconnectionDelay": 10000, "reconnectionDelayMax": 10000, "randomizationFactor": 0,
+		"reconnectionDelay": 1000, "reconnectionDelayMax": 1000,
 	}})
 	if _, err := sio.lines.wait(30*time.Second, func(r map[string]any) bool { return r["name"] == "a" && r["ev"] == "connect" }); err != nil {
 		t.Fatalf("no connect: %v\n%s", err, sio.lines.text())
@@ -45,6 +50,7 @@ func testRecoveryAcrossRestart(t *testing.T, bin string) {
 	sio.waitAssets(1, 30*time.Second)
 	before := eventIDs(t, sio, "a")
 
+	lb.blocked.Store(true)
 	sio.send(map[string]any{"op": "cut", "name": "a"})
 	cut, err := sio.lines.wait(10*time.Second, func(r map[string]any) bool { return r["name"] == "a" && r["ev"] == "disconnect" })
 	if err != nil {
@@ -60,6 +66,15 @@ func testRecoveryAcrossRestart(t *testing.T, bin string) {
 			owners[id] = alice
 		}
 	}
+	// Another user's assets finish in the same log: none may reach alice.
+	bob, _ := keys.Sign("bob", "", time.Hour)
+	bobIDs, err := postImages(context.Background(), first.url, bob, image, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range bobIDs {
+		owners[id] = bob
+	}
 	waitAllFinal(t, first.url, owners, time.Minute)
 	if code := first.stop(30 * time.Second); code != 0 {
 		t.Fatalf("first exit %d:\n%s", code, first.logs.text())
@@ -67,8 +82,11 @@ func testRecoveryAcrossRestart(t *testing.T, bin string) {
 	first.checkClean()
 	second := startKlectr(t, bin, env)
 	if n := len(eventIDs(t, sio, "a")); n != len(before) {
-		t.Fatalf("the socket got %d events while cut: the test must reconnect after the restart", n-len(before))
+		t.Fatalf("the socket got %d events while cut", n-len(before))
 	}
+	// The scenario: the socket stays cut for 10 s.
+	time.Sleep(time.Until(time.UnixMilli(int64(cut["t"].(float64))).Add(10 * time.Second)))
+	lb.open(t, second.url)
 
 	rec, err := sio.lines.wait(30*time.Second, func(r map[string]any) bool {
 		return r["name"] == "a" && r["ev"] == "connect" && r["t"].(float64) > cut["t"].(float64)
@@ -107,15 +125,56 @@ func testRecoveryAcrossRestart(t *testing.T, bin string) {
 		t.Fatalf("relaunch connect: %v %v", rec, err)
 	}
 	waitFor(t, 30*time.Second, "the relaunched socket's replay", func() bool { return len(eventIDs(t, sio, "relaunch")) >= missed })
-	if got := eventIDs(t, sio, "relaunch"); !slices.Equal(got, logged) {
-		t.Fatalf("relaunch replay:\n got %v\nwant %v", got, logged)
+	relaunched := eventIDs(t, sio, "relaunch")
+	if !slices.Equal(relaunched, logged) {
+		t.Fatalf("relaunch replay:\n got %v\nwant %v", relaunched, logged)
 	}
 	t.Logf("%d events missed during a cut of %v across a restart: all replayed in order, recovered; relaunch with lastEventId: %d replayed",
-		missed, reconnected.Round(time.Millisecond), len(got))
+		missed, reconnected.Round(time.Millisecond), len(relaunched))
 	if code := second.stop(30 * time.Second); code != 0 {
 		t.Fatalf("second exit %d", code)
 	}
 	second.checkClean()
+}
+
+// balancer is a load balancer in front of klectr api processes: every new
+// request goes to target; while blocked, requests get 503, as from a
+// balancer with no healthy backend (Socket.IO clients retry).
+type balancer struct {
+	url     string
+	target  atomic.Pointer[url.URL]
+	blocked atomic.Bool
+}
+
+func newBalancer(t *testing.T, target string) *balancer {
+	t.Helper()
+	b := &balancer{}
+	b.setTarget(t, target)
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(b.target.Load()) }}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b.blocked.Load() {
+			http.Error(w, "no backend", http.StatusServiceUnavailable)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	b.url = srv.URL
+	return b
+}
+
+func (b *balancer) setTarget(t *testing.T, target string) {
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.target.Store(u)
+}
+
+// open sends the requests from now on to target.
+func (b *balancer) open(t *testing.T, target string) {
+	b.setTarget(t, target)
+	b.blocked.Store(false)
 }
 
 // eventIDs are the eventIds of the asset_processed events socket received,
