@@ -203,7 +203,7 @@ func (s *subscription) run(log *slog.Logger, fn func(realtime.Message), onGap fu
 				if v.Kind != "subscribe" {
 					continue
 				}
-				log.Warn("redisbus: subscribed again after a lost connection; messages published meanwhile were missed", "channel", v.Channel)
+				log.Warn("redisbus: subscribed again after a lost connection; messages published meanwhile may be missing", "channel", v.Channel)
 				if onGap == nil {
 					continue
 				}
