@@ -55,9 +55,19 @@ func (m Message) Validate() error {
 //   - After stop returns, fn is not called again. stop is idempotent and must
 //     not be called from inside fn.
 //   - Cancelling the ctx given to Subscribe has the same effect as stop.
+//   - A subscription may lose its connection to the bus and recover it (a
+//     Redis restart, a network cut). Messages published meanwhile are lost
+//     to it, and Publish may well have succeeded for them. So onGap (nil:
+//     not wanted) is called each time the subscription is active again
+//     after such a loss, before fn gets any message published after that
+//     point: the subscriber must then make up for what it may have missed
+//     from elsewhere (the realtime server has every socket recover from the
+//     event log). onGap follows fn's rules: any goroutine, never blocks,
+//     never after stop. A bus that cannot lose messages (LocalBus) never
+//     calls it.
 type Bus interface {
 	Publish(ctx context.Context, m Message) error
-	Subscribe(ctx context.Context, fn func(Message)) (stop func(), err error)
+	Subscribe(ctx context.Context, fn func(Message), onGap func()) (stop func(), err error)
 }
 
 var _ Bus = (*LocalBus)(nil)
@@ -108,8 +118,9 @@ func (b *LocalBus) Publish(ctx context.Context, m Message) error {
 	return nil
 }
 
-// Subscribe registers fn until stop is called or ctx is done.
-func (b *LocalBus) Subscribe(ctx context.Context, fn func(Message)) (func(), error) {
+// Subscribe registers fn until stop is called or ctx is done. Publish calls
+// fn directly, so nothing is ever missed and onGap is never called.
+func (b *LocalBus) Subscribe(ctx context.Context, fn func(Message), onGap func()) (func(), error) {
 	if fn == nil {
 		return nil, errors.New("realtime: subscribe: nil fn")
 	}

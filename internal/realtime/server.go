@@ -223,7 +223,7 @@ func (s *Server) Start(ctx context.Context) error {
 	case s.started:
 		return errors.New("realtime: server already started")
 	}
-	unsub, err := s.opts.Bus.Subscribe(ctx, s.deliver)
+	unsub, err := s.opts.Bus.Subscribe(ctx, s.deliver, s.busGap)
 	if err != nil {
 		return fmt.Errorf("realtime: subscribe to the bus: %w", err)
 	}
@@ -307,6 +307,30 @@ func (s *Server) deliver(m Message) {
 	}
 	for _, sock := range socks {
 		sock.emit(m.UserID, pkt, id)
+	}
+}
+
+const reasonBusGap = "bus gap"
+
+// busGap is the bus subscription's onGap: events published while it was
+// away may be missing from every socket of this process, and those sockets
+// stay connected, so nothing else would ever make up for them. Every
+// connection is closed as Stop closes them, without a Socket.IO DISCONNECT:
+// the official clients reconnect by themselves, with their pid and offset
+// when a Backlog is set, and get what they missed from it; without one they
+// at least see a new connection that is not recovered, their cue to refetch.
+// The sockets leave the registry before busGap returns, so no event
+// delivered after the gap can move a client's offset past a missed one.
+func (s *Server) busGap() {
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	s.log.Warn("realtime bus lost events meanwhile; closing every connection so that clients catch up", "connections", len(sessions))
+	for _, sess := range sessions {
+		sess.close(reasonBusGap, true)
 	}
 }
 

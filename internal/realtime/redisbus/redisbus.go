@@ -4,10 +4,10 @@
 // Guarantees beyond realtime.Bus: a subscription survives a Redis restart or a
 // dropped connection (go-redis reconnects and subscribes again, within a few
 // seconds of Redis being back). Messages published while the subscriber is
-// disconnected are lost — Redis pub/sub stores nothing — and a Publish while
-// Redis is down fails. Neither loses an event: the pipeline records the
-// decision to send with the state change and its outbox re-publishes what
-// was not acknowledged.
+// disconnected are lost — Redis pub/sub stores nothing, and the publisher's
+// Redis may answer while the subscriber's connection is cut — so the
+// subscription's onGap is called each time it is subscribed again. A Publish
+// that Redis did not take fails, and the pipeline's outbox re-publishes it.
 package redisbus
 
 import (
@@ -29,6 +29,11 @@ const DefaultChannel = "klectr:events"
 
 // pingTimeout bounds the start-up check that Redis answers.
 const pingTimeout = 5 * time.Second
+
+// publishTimeout bounds a Publish, go-redis's retries included (alone they
+// may take 20 s when each dial to an unreachable host times out): the
+// caller keeps the event owed and sends it again later.
+const publishTimeout = 5 * time.Second
 
 // Config configures a Bus.
 type Config struct {
@@ -112,7 +117,9 @@ func (b *Bus) Close() error {
 }
 
 // Publish sends m to every subscription of every process; it returns once
-// Redis has taken the message.
+// Redis has taken the message, or an error within a few seconds at most.
+// An error may also come after Redis took it (the reply was lost), so a
+// caller that publishes again may deliver twice.
 func (b *Bus) Publish(ctx context.Context, m realtime.Message) error {
 	if err := m.Validate(); err != nil {
 		return err
@@ -121,6 +128,8 @@ func (b *Bus) Publish(ctx context.Context, m realtime.Message) error {
 	if err != nil {
 		return fmt.Errorf("redisbus: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
 	if err := b.rdb.Publish(ctx, b.channel, payload).Err(); err != nil {
 		return fmt.Errorf("redisbus: publish: %w", err)
 	}
@@ -128,8 +137,10 @@ func (b *Bus) Publish(ctx context.Context, m realtime.Message) error {
 }
 
 // Subscribe returns once Redis has confirmed the subscription, so a message
-// published after it returns reaches fn.
-func (b *Bus) Subscribe(ctx context.Context, fn func(realtime.Message)) (func(), error) {
+// published after it returns reaches fn. onGap is called when Redis confirms
+// a later subscription of the same PubSub: go-redis subscribes again only
+// after it lost the connection.
+func (b *Bus) Subscribe(ctx context.Context, fn func(realtime.Message), onGap func()) (func(), error) {
 	if fn == nil {
 		return nil, errors.New("redisbus: subscribe: nil fn")
 	}
@@ -152,7 +163,7 @@ func (b *Bus) Subscribe(ctx context.Context, fn func(realtime.Message)) (func(),
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 
-	go s.run(b.log, fn)
+	go s.run(b.log, fn, onGap)
 	stopAfter := context.AfterFunc(ctx, s.stop)
 	return func() {
 		stopAfter()
@@ -170,36 +181,54 @@ type subscription struct {
 	done chan struct{}
 }
 
-// run calls fn for each message, in the order Redis delivered them, until
-// stop. go-redis's channel pings the server when idle and reconnects and
-// resubscribes when the connection is lost.
-func (s *subscription) run(log *slog.Logger, fn func(realtime.Message)) {
+// run calls fn for each message, in the order Redis delivered them, and
+// onGap for each confirmation of a resubscription, until stop. go-redis's
+// channel pings the server when idle and reconnects and resubscribes when
+// the connection is lost; the confirmation of the first subscription was
+// read by Subscribe, so every one that comes here follows a loss.
+func (s *subscription) run(log *slog.Logger, fn func(realtime.Message), onGap func()) {
 	defer close(s.done)
-	ch := s.ps.Channel(redis.WithChannelSize(1024))
+	ch := s.ps.ChannelWithSubscriptions(redis.WithChannelSize(1024))
 	for {
 		select {
 		case <-s.quit:
 			return
-		case rm, ok := <-ch:
+		case v, ok := <-ch:
 			if !ok {
 				return
 			}
-			var m realtime.Message
-			if err := json.Unmarshal([]byte(rm.Payload), &m); err != nil {
-				log.Warn("redisbus: dropping an undecodable message", "channel", rm.Channel, "bytes", len(rm.Payload), "err", err)
+			var call func()
+			switch v := v.(type) {
+			case *redis.Subscription:
+				if v.Kind != "subscribe" {
+					continue
+				}
+				log.Warn("redisbus: subscribed again after a lost connection; messages published meanwhile may be missing", "channel", v.Channel)
+				if onGap == nil {
+					continue
+				}
+				call = onGap
+			case *redis.Message:
+				var m realtime.Message
+				if err := json.Unmarshal([]byte(v.Payload), &m); err != nil {
+					log.Warn("redisbus: dropping an undecodable message", "channel", v.Channel, "bytes", len(v.Payload), "err", err)
+					continue
+				}
+				if err := m.Validate(); err != nil {
+					log.Warn("redisbus: dropping an invalid message", "channel", v.Channel, "err", err)
+					continue
+				}
+				call = func() { fn(m) }
+			default:
 				continue
 			}
-			if err := m.Validate(); err != nil {
-				log.Warn("redisbus: dropping an invalid message", "channel", rm.Channel, "err", err)
-				continue
-			}
-			// Messages already buffered are not delivered once stop began.
+			// Nothing already buffered is delivered once stop began.
 			select {
 			case <-s.quit:
 				return
 			default:
 			}
-			fn(m)
+			call()
 		}
 	}
 }

@@ -4,14 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/klectr/klectr/internal/realtime"
 	"github.com/klectr/klectr/internal/realtime/bustest"
@@ -62,7 +65,7 @@ func TestCloseStopsSubscriptions(t *testing.T) {
 	channel := "klectr:test:" + ulid.Make().String()
 	pub, sub := open(t, url, channel), open(t, url, channel)
 	got := make(chan realtime.Message, 10)
-	stop, err := sub.Subscribe(context.Background(), func(m realtime.Message) { got <- m })
+	stop, err := sub.Subscribe(context.Background(), func(m realtime.Message) { got <- m }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +107,8 @@ func TestSubscriptionSurvivesRedisRestart(t *testing.T) {
 	pub, sub := open(t, url, channel), open(t, url, channel)
 
 	got := make(chan realtime.Message, 1024)
-	stop, err := sub.Subscribe(context.Background(), func(m realtime.Message) { got <- m })
+	gaps := make(chan struct{}, 16)
+	stop, err := sub.Subscribe(context.Background(), func(m realtime.Message) { got <- m }, func() { gaps <- struct{}{} })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,11 +147,228 @@ func TestSubscriptionSurvivesRedisRestart(t *testing.T) {
 		select {
 		case m := <-got:
 			t.Logf("first message after the restart: %s, %v after Redis started again", m.Data, time.Since(restarted).Round(time.Millisecond))
+			// The gap was reported before it: fn and onGap run on one
+			// goroutine, in order.
+			select {
+			case <-gaps:
+			default:
+				t.Error("a message arrived after the restart, but onGap was not called before it")
+			}
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
+
+// TestGapWhenOnlyTheSubscriberIsCut: the subscriber's connection to Redis
+// breaks while the publisher's does not, so a Publish succeeds that the
+// subscription never receives. When the subscription is back, onGap is
+// called once, before any message published after that.
+func TestGapWhenOnlyTheSubscriberIsCut(t *testing.T) {
+	t.Parallel()
+	url := testenv.RedisURL(t)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, opt.Addr)
+	channel := "klectr:test:" + ulid.Make().String()
+	pub := open(t, url, channel)
+	sub := open(t, fmt.Sprintf("redis://%s/%d", proxy.addr, opt.DB), channel)
+
+	// seen receives "gap" and each message's data, in the order the
+	// subscription reported them.
+	seen := make(chan string, 1024)
+	stop, err := sub.Subscribe(context.Background(),
+		func(m realtime.Message) { seen <- string(m.Data) },
+		func() { seen <- "gap" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	send := func(data string) {
+		t.Helper()
+		m := realtime.Message{UserID: "u1", Event: "e", Data: json.RawMessage(strconv.Quote(data))}
+		if err := pub.Publish(context.Background(), m); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	next := func() string {
+		t.Helper()
+		select {
+		case v := <-seen:
+			return v
+		case <-time.After(30 * time.Second):
+			t.Fatal("nothing reported within 30 s")
+			return ""
+		}
+	}
+	send("before")
+	if v := next(); v != `"before"` {
+		t.Fatalf("got %s before the cut", v)
+	}
+
+	proxy.cut()
+	send("lost") // Redis takes it; the subscription is not there
+	time.Sleep(500 * time.Millisecond)
+	proxy.heal()
+	if v := next(); v != "gap" {
+		t.Fatalf("after the cut the subscription reported %s, want the gap first", v)
+	}
+	send("after")
+	if v := next(); v != `"after"` {
+		t.Fatalf("after the gap got %s, want \"after\"", v)
+	}
+	select {
+	case v := <-seen:
+		t.Errorf("then %s as well; want one gap for one loss", v)
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// TestPublishFailsWithinBounds: a Publish that Redis does not take returns
+// an error, so the caller keeps the event owed: at once when the connection
+// is refused, within a few seconds when Redis accepts connections but never
+// answers.
+func TestPublishFailsWithinBounds(t *testing.T) {
+	t.Parallel()
+	url := testenv.RedisURL(t)
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, opt.Addr)
+	pub := open(t, fmt.Sprintf("redis://%s/%d", proxy.addr, opt.DB), "klectr:test:"+ulid.Make().String())
+	m := realtime.Message{UserID: "u1", Event: "e"}
+	if err := pub.Publish(context.Background(), m); err != nil {
+		t.Fatalf("Publish before the cut: %v", err)
+	}
+	for _, c := range []struct {
+		name  string
+		fault func()
+		bound time.Duration
+	}{
+		{"refused", proxy.cut, 3 * time.Second},
+		{"unanswered", proxy.stall, 8 * time.Second},
+	} {
+		proxy.heal()
+		c.fault()
+		start := time.Now()
+		err := pub.Publish(context.Background(), m)
+		if d := time.Since(start); err == nil || d > c.bound {
+			t.Errorf("%s: Publish = %v after %v; want an error within %v", c.name, err, d.Round(time.Millisecond), c.bound)
+		}
+	}
+}
+
+// tcpProxy forwards to a Redis until cut, which drops every connection and
+// refuses new ones until heal, or stall, which keeps the connections but
+// drops what the client sends.
+type tcpProxy struct {
+	addr, target string
+
+	mu      sync.Mutex
+	down    bool
+	stalled bool
+	conns   map[net.Conn]bool
+}
+
+func startProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{addr: ln.Addr().String(), target: target, conns: map[net.Conn]bool{}}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+	})
+	return p
+}
+
+func (p *tcpProxy) forward(c net.Conn) {
+	p.mu.Lock()
+	if p.down {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.mu.Unlock()
+	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	if p.down {
+		p.mu.Unlock()
+		c.Close()
+		s.Close()
+		return
+	}
+	p.conns[c], p.conns[s] = true, true
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(s, p.unlessStalled(c)); done <- struct{}{} }()
+	go func() { io.Copy(c, s); done <- struct{}{} }()
+	<-done
+	c.Close()
+	s.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, s)
+	p.mu.Unlock()
+}
+
+func (p *tcpProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+func (p *tcpProxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+}
+
+func (p *tcpProxy) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down, p.stalled = false, false
+}
+
+// unlessStalled reads r, discarding what arrives while the proxy is stalled.
+func (p *tcpProxy) unlessStalled(r io.Reader) io.Reader {
+	return readerFunc(func(b []byte) (int, error) {
+		for {
+			n, err := r.Read(b)
+			p.mu.Lock()
+			stalled := p.stalled
+			p.mu.Unlock()
+			if !stalled || err != nil {
+				return n, err
+			}
+		}
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 func receive(t *testing.T, ch <-chan realtime.Message, d time.Duration) realtime.Message {
 	t.Helper()
