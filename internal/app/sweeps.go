@@ -18,10 +18,13 @@ const (
 	// wait about a second).
 	reconnectGrace = 3 * time.Second
 	// relayEvery and relayAge: owed events are published again every
-	// relayEvery, once older than relayAge, which keeps the relay off events
-	// a handler is publishing itself.
+	// relayEvery, once older than relayAge. relayAge exceeds a handler's
+	// own publish bound (pipeline.PublishTimeout) with room for the final
+	// write before it, so the relay never repeats an event a live handler
+	// is still publishing (measured: on a loaded FerretDB one user's event
+	// log appends took over 30 s, and a 30 s relayAge sent them twice).
 	relayEvery = 10 * time.Second
-	relayAge   = 30 * time.Second
+	relayAge   = 2*pipeline.PublishTimeout + 20*time.Second
 	// reconcileEvery and reconcileGrace: processing assets unchanged for
 	// reconcileGrace get their job enqueued again if the queue lost it, or
 	// fail if it is dead. The grace covers the split intake's window between

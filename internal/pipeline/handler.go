@@ -49,6 +49,13 @@ const EventAssetProcessed = "asset_processed"
 // store that refused every attempt's outcome).
 const CodeJobDead = "job_dead"
 
+// PublishTimeout bounds a handler's own publish of its event (the event log
+// append and the bus). One that has not finished by then gives up and leaves
+// the event owed for the relay, so a relay that waits longer than
+// PublishTimeout after an event's final state never races a live handler
+// publishing the same event.
+const PublishTimeout = 20 * time.Second
+
 // Store is what the pipeline reads and writes of the asset store.
 type Store interface {
 	Get(ctx context.Context, id string) (*asset.Asset, error)
@@ -241,7 +248,8 @@ func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, 
 // left to Relay: the mark stays, so the event is not lost. It reports
 // whether the event went out.
 func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset) bool {
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), PublishTimeout)
+	defer cancel()
 	if err := h.Notifier.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a)); err != nil {
 		log.WarnContext(ctx, "event not sent; the relay will retry", "eventId", a.EventID, "err", err)
 		return false
@@ -310,23 +318,4 @@ func (h *Handler) Reconcile(ctx context.Context, jobs DeadJobs) (int, error) {
 		n++
 	}
 	return n, nil
-}
-
-// Maintain runs Relay and Reconcile every interval until ctx ends.
-func (h *Handler) Maintain(ctx context.Context, jobs DeadJobs, interval, relayAge time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if _, err := h.Relay(ctx, relayAge); err != nil && ctx.Err() == nil {
-			h.Log.WarnContext(ctx, "event relay failed", "err", err)
-		}
-		if _, err := h.Reconcile(ctx, jobs); err != nil && ctx.Err() == nil {
-			h.Log.WarnContext(ctx, "dead-job reconcile failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
