@@ -219,8 +219,12 @@ var (
 //     the tier it was enqueued in).
 //   - Order: a group's first attempts start in the order they were enqueued
 //     (with concurrency 1, exactly; with more, they are fetched in that
-//     order and run side by side). Retries run when due, in no promised
-//     order, and jobs of different groups in no promised order.
+//     order and run side by side). One exception, where a backend's fetch
+//     looks at the tiers one after another (redisqueue): an idle worker
+//     that is between tiers while one Enqueue stores a group's jobs in
+//     several tiers may start one job of a worse tier first. Retries run
+//     when due, in no promised order, and jobs of different groups in no
+//     promised order.
 //   - Retries follow the Handler's documented outcomes and the Policy.
 //   - Dead jobs are kept, listed and counted until Delete; they never
 //     expire. Retry replays one: it becomes pending with a fresh attempt

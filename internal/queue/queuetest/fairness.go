@@ -75,7 +75,10 @@ func (s suite) fairness(t *testing.T) {
 func (s suite) groupOrder(t *testing.T) {
 	started := make(chan *queue.Job, 100)
 	release := make(chan struct{})
-	b, _ := s.started(t, Config{Concurrency: 1, Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
+	// The worker starts after A's first batch is stored: an idle worker
+	// polling tier by tier while one Enqueue fills several tiers may take a
+	// worse tier's job first, which the contract allows (Backend, Order).
+	b := s.open(t, s.f.NewStorage(t), Config{Concurrency: 1, Handler: queue.HandlerFunc(func(ctx context.Context, job *queue.Job) error {
 		started <- job
 		select {
 		case <-release:
@@ -97,6 +100,9 @@ func (s suite) groupOrder(t *testing.T) {
 	}
 	// A's 40 jobs fill tiers 1 (4), 2 (28) and 3 (8).
 	add("A", 40)
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
 	var got []*queue.Job
 	for len(got) < 37 {
 		if len(got) > 0 {
