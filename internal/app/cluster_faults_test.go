@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -660,91 +659,6 @@ func testMongoRestart(t *testing.T, bin string) {
 		restarted.Sub(killed).Round(time.Millisecond), outage, len(accepted), failed, settled.Sub(restarted).Round(time.Millisecond))
 }
 
-// tcpProxy forwards loopback connections to target; cut drops every
-// connection and refuses new ones until heal, as a network partition
-// between one process and a server would.
-type tcpProxy struct {
-	addr   string
-	target string
-	ln     net.Listener
-
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-func startProxy(t *testing.T, target string) *tcpProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]bool{}}
-	go p.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-	})
-	return p
-}
-
-func (p *tcpProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		go p.forward(c)
-	}
-}
-
-func (p *tcpProxy) forward(c net.Conn) {
-	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.down {
-		p.mu.Unlock()
-		c.Close()
-		s.Close()
-		return
-	}
-	p.conns[c], p.conns[s] = true, true
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		done <- struct{}{}
-	}
-	go pipe(s, c)
-	go pipe(c, s)
-	<-done
-	c.Close()
-	s.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, s)
-	p.mu.Unlock()
-}
-
-// cut closes every forwarded connection and refuses new ones.
-func (p *tcpProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *tcpProxy) heal() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
-}
-
 // testAPICutFromRedis: the api's connections to Redis break for 2 s (a
 // partition: Redis and the worker carry on) while jobs finish, so their
 // events are published while the api cannot hear them. Each must still
@@ -759,10 +673,10 @@ func testAPICutFromRedis(t *testing.T, bin string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := startProxy(t, opt.Addr)
+	proxy := testenv.StartProxy(t, opt.Addr)
 	uri, db := testenv.MongoURI(t)
 	c := newCluster(t, bin, redisURL, uri, db, ai.fakeAI, map[string]string{"WORKER_CONCURRENCY": "16"})
-	api := c.startWith("api", map[string]string{"REDIS_URL": fmt.Sprintf("redis://%s/%d", proxy.addr, opt.DB)})
+	api := c.startWith("api", map[string]string{"REDIS_URL": fmt.Sprintf("redis://%s/%d", proxy.Addr, opt.DB)})
 	c.start("worker")
 	alice, token := c.user("alice")
 	sio := startSIO(t)
@@ -771,11 +685,11 @@ func testAPICutFromRedis(t *testing.T, bin string) {
 	accepted := uploadN(t, api.url, token, fixture(t, "valid/video-001.q50.420.jpeg"), 1, total)
 	ai.waitCalls(t, total, 60*time.Second)
 	cut := time.Now()
-	proxy.cut()
+	proxy.Cut()
 	ai.release(-1)
 	docs, published := c.waitSettled(accepted, time.Minute)
 	time.Sleep(2*time.Second - time.Since(cut))
-	proxy.heal()
+	proxy.Heal()
 	healed := time.Now()
 	want := c.checkStored(docs, map[string][]string{alice: {"alice"}}, false)
 	c.waitEvents(sio, docs, time.Minute)

@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -171,10 +169,10 @@ func TestGapWhenOnlyTheSubscriberIsCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := startProxy(t, opt.Addr)
+	proxy := testenv.StartProxy(t, opt.Addr)
 	channel := "klectr:test:" + ulid.Make().String()
 	pub := open(t, url, channel)
-	sub := open(t, fmt.Sprintf("redis://%s/%d", proxy.addr, opt.DB), channel)
+	sub := open(t, fmt.Sprintf("redis://%s/%d", proxy.Addr, opt.DB), channel)
 
 	// seen receives "gap" and each message's data, in the order the
 	// subscription reported them.
@@ -208,10 +206,10 @@ func TestGapWhenOnlyTheSubscriberIsCut(t *testing.T) {
 		t.Fatalf("got %s before the cut", v)
 	}
 
-	proxy.cut()
+	proxy.Cut()
 	send("lost") // Redis takes it; the subscription is not there
 	time.Sleep(500 * time.Millisecond)
-	proxy.heal()
+	proxy.Heal()
 	if v := next(); v != "gap" {
 		t.Fatalf("after the cut the subscription reported %s, want the gap first", v)
 	}
@@ -237,8 +235,8 @@ func TestPublishFailsWithinBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := startProxy(t, opt.Addr)
-	pub := open(t, fmt.Sprintf("redis://%s/%d", proxy.addr, opt.DB), "klectr:test:"+ulid.Make().String())
+	proxy := testenv.StartProxy(t, opt.Addr)
+	pub := open(t, fmt.Sprintf("redis://%s/%d", proxy.Addr, opt.DB), "klectr:test:"+ulid.Make().String())
 	m := realtime.Message{UserID: "u1", Event: "e"}
 	if err := pub.Publish(context.Background(), m); err != nil {
 		t.Fatalf("Publish before the cut: %v", err)
@@ -248,10 +246,10 @@ func TestPublishFailsWithinBounds(t *testing.T) {
 		fault func()
 		bound time.Duration
 	}{
-		{"refused", proxy.cut, 3 * time.Second},
-		{"unanswered", proxy.stall, 8 * time.Second},
+		{"refused", proxy.Cut, 3 * time.Second},
+		{"unanswered", proxy.Stall, 8 * time.Second},
 	} {
-		proxy.heal()
+		proxy.Heal()
 		c.fault()
 		start := time.Now()
 		err := pub.Publish(context.Background(), m)
@@ -260,115 +258,6 @@ func TestPublishFailsWithinBounds(t *testing.T) {
 		}
 	}
 }
-
-// tcpProxy forwards to a Redis until cut, which drops every connection and
-// refuses new ones until heal, or stall, which keeps the connections but
-// drops what the client sends.
-type tcpProxy struct {
-	addr, target string
-
-	mu      sync.Mutex
-	down    bool
-	stalled bool
-	conns   map[net.Conn]bool
-}
-
-func startProxy(t *testing.T, target string) *tcpProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{addr: ln.Addr().String(), target: target, conns: map[net.Conn]bool{}}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.forward(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-	})
-	return p
-}
-
-func (p *tcpProxy) forward(c net.Conn) {
-	p.mu.Lock()
-	if p.down {
-		p.mu.Unlock()
-		c.Close()
-		return
-	}
-	p.mu.Unlock()
-	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.down {
-		p.mu.Unlock()
-		c.Close()
-		s.Close()
-		return
-	}
-	p.conns[c], p.conns[s] = true, true
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(s, p.unlessStalled(c)); done <- struct{}{} }()
-	go func() { io.Copy(c, s); done <- struct{}{} }()
-	<-done
-	c.Close()
-	s.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, s)
-	p.mu.Unlock()
-}
-
-func (p *tcpProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *tcpProxy) stall() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.stalled = true
-}
-
-func (p *tcpProxy) heal() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down, p.stalled = false, false
-}
-
-// unlessStalled reads r, discarding what arrives while the proxy is stalled.
-func (p *tcpProxy) unlessStalled(r io.Reader) io.Reader {
-	return readerFunc(func(b []byte) (int, error) {
-		for {
-			n, err := r.Read(b)
-			p.mu.Lock()
-			stalled := p.stalled
-			p.mu.Unlock()
-			if !stalled || err != nil {
-				return n, err
-			}
-		}
-	})
-}
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 func receive(t *testing.T, ch <-chan realtime.Message, d time.Duration) realtime.Message {
 	t.Helper()
