@@ -67,6 +67,9 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		return err
 	}
 	keys := auth.NewKeys(secret, nil)
+	if cfg.JWTPreviousSecret != "" {
+		keys.AcceptPrevious([]byte(cfg.JWTPreviousSecret))
+	}
 	analyzer, breaker, err := newAnalyzer(cfg, log)
 	if err != nil {
 		return err

@@ -45,9 +45,11 @@ type tokenClaims struct {
 	jwt.RegisteredClaims
 }
 
-// Keys signs and verifies tokens with one HS256 secret.
+// Keys signs tokens with one HS256 secret and verifies them with that secret
+// or, while a rotation is under way, with the previous one (AcceptPrevious).
 type Keys struct {
 	secret []byte
+	verify jwt.VerificationKeySet
 	now    func() time.Time
 	parser *jwt.Parser
 }
@@ -59,6 +61,7 @@ func NewKeys(secret []byte, now func() time.Time) *Keys {
 	}
 	return &Keys{
 		secret: secret,
+		verify: jwt.VerificationKeySet{Keys: []jwt.VerificationKey{secret}},
 		now:    now,
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -67,6 +70,14 @@ func NewKeys(secret []byte, now func() time.Time) *Keys {
 			jwt.WithLeeway(5*time.Second),
 		),
 	}
+}
+
+// AcceptPrevious makes Verify also accept tokens signed with previous, the
+// secret being rotated out, so that phones holding tokens minted before the
+// rotation keep working until those tokens expire. Sign never uses it.
+// It must be called before k is shared.
+func (k *Keys) AcceptPrevious(previous []byte) {
+	k.verify.Keys = append(k.verify.Keys, previous)
 }
 
 // Sign mints a token for userID valid for ttl.
@@ -87,10 +98,11 @@ func (k *Keys) Sign(userID, role string, ttl time.Duration) (string, error) {
 }
 
 // Verify checks a token's signature, algorithm and expiry. The signature is
-// compared in constant time by the jwt library (hmac.Equal).
+// compared in constant time by the jwt library (hmac.Equal), against the
+// current secret and then the previous one, if any.
 func (k *Keys) Verify(token string) (Claims, error) {
 	var c tokenClaims
-	_, err := k.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return k.secret, nil })
+	_, err := k.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return k.verify, nil })
 	if err != nil || c.Subject == "" || c.ExpiresAt == nil {
 		return Claims{}, ErrUnauthorized
 	}

@@ -69,6 +69,42 @@ func TestVerifyRefuses(t *testing.T) {
 	}
 }
 
+// During a rotation, tokens of the old secret are accepted, new ones are
+// signed with the new secret only, and a third secret is still refused.
+func TestRotationAcceptsThePreviousSecret(t *testing.T) {
+	t.Parallel()
+	older := NewKeys(secret, nil)
+	oldTok, err := older.Sign("u1", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := NewKeys([]byte(strings.Repeat("n", 32)), nil)
+	if _, err := k.Verify(oldTok); err != ErrUnauthorized {
+		t.Fatalf("old token before AcceptPrevious: %v", err)
+	}
+	k.AcceptPrevious(secret)
+	if c, err := k.Verify(oldTok); err != nil || c.UserID != "u1" {
+		t.Fatalf("old token during the rotation: %+v, %v", c, err)
+	}
+	newTok, err := k.Sign("u2", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := older.Verify(newTok); err != ErrUnauthorized {
+		t.Fatalf("a new token verifies with the old secret alone: signed with the previous one? %v", err)
+	}
+	if c, err := k.Verify(newTok); err != nil || c.UserID != "u2" {
+		t.Fatalf("new token: %+v, %v", c, err)
+	}
+	third, err := NewKeys([]byte(strings.Repeat("x", 32)), nil).Sign("u3", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Verify(third); err != ErrUnauthorized {
+		t.Fatalf("a third secret's token: %v", err)
+	}
+}
+
 func TestMiddleware(t *testing.T) {
 	t.Parallel()
 	k := NewKeys(secret, nil)

@@ -24,6 +24,9 @@ type Config struct {
 	DataDir string
 
 	JWTSecret string // empty on the embedded default: generated into DataDir
+	// JWTPreviousSecret, while a rotation is under way, is the secret being
+	// rotated out: tokens it signed are still accepted, none is signed with it.
+	JWTPreviousSecret string
 
 	MongoURI string
 	RedisURL string
@@ -76,6 +79,13 @@ var settings = []setting{
 			return errors.New("must be at least 32 bytes")
 		}
 		c.JWTSecret = v
+		return nil
+	}},
+	{"JWT_PREVIOUS_SECRET", "", "during a JWT_SECRET rotation, the old secret: tokens it signed are still accepted until they expire", func(c *Config, v string) error {
+		if v != "" && len(v) < 32 {
+			return errors.New("must be at least 32 bytes")
+		}
+		c.JWTPreviousSecret = v
 		return nil
 	}},
 	{"MONGODB_URI", "", "MongoDB asset store (unset: SQLite in DATA_DIR)", func(c *Config, v string) error {
@@ -254,6 +264,10 @@ func (c *Config) Validate() error {
 		return errors.New("REDIS_URL is set without MONGODB_URI: the scale-out shape needs both (every process must read the same assets); set MONGODB_URI, or unset REDIS_URL for the embedded default")
 	case c.JWTSecret == "" && !c.Embedded():
 		return errors.New("JWT_SECRET: required when MONGODB_URI or REDIS_URL is set (every process must share it)")
+	case c.JWTPreviousSecret != "" && c.JWTSecret == "":
+		return errors.New("JWT_PREVIOUS_SECRET: set only beside JWT_SECRET, during a rotation from it to JWT_SECRET")
+	case c.JWTPreviousSecret != "" && c.JWTPreviousSecret == c.JWTSecret:
+		return errors.New("JWT_PREVIOUS_SECRET: equals JWT_SECRET; it must be the old secret being rotated out")
 	}
 	return nil
 }

@@ -56,18 +56,19 @@ func TestFlagOverridesEnv(t *testing.T) {
 func TestInvalidValuesNameTheVariable(t *testing.T) {
 	t.Parallel()
 	cases := map[string]map[string]string{
-		"WORKER_CONCURRENCY": {"WORKER_CONCURRENCY": "0"},
-		"JOB_BACKOFF":        {"JOB_BACKOFF": "soon"},
-		"MAX_FILE_BYTES":     {"MAX_FILE_BYTES": "10 potatoes"},
-		"MAX_PIXELS":         {"MAX_PIXELS": "-1"},
-		"AI_SERVICE_URL":     {"AI_SERVICE_URL": "ftp://x"},
-		"LOG_LEVEL":          {"LOG_LEVEL": "loud"},
-		"LOG_FORMAT":         {"LOG_FORMAT": "xml"},
-		"UPLOAD_RATE":        {"UPLOAD_RATE": "-5"},
-		"EVENT_RETENTION":    {"EVENT_RETENTION": "0s"},
-		"JWT_SECRET":         {"JWT_SECRET": "short"},
-		"REDIS_URL":          {"REDIS_URL": "localhost:6379"},
-		"MONGODB_URI":        {"MONGODB_URI": "localhost"},
+		"WORKER_CONCURRENCY":  {"WORKER_CONCURRENCY": "0"},
+		"JOB_BACKOFF":         {"JOB_BACKOFF": "soon"},
+		"MAX_FILE_BYTES":      {"MAX_FILE_BYTES": "10 potatoes"},
+		"MAX_PIXELS":          {"MAX_PIXELS": "-1"},
+		"AI_SERVICE_URL":      {"AI_SERVICE_URL": "ftp://x"},
+		"LOG_LEVEL":           {"LOG_LEVEL": "loud"},
+		"LOG_FORMAT":          {"LOG_FORMAT": "xml"},
+		"UPLOAD_RATE":         {"UPLOAD_RATE": "-5"},
+		"EVENT_RETENTION":     {"EVENT_RETENTION": "0s"},
+		"JWT_SECRET":          {"JWT_SECRET": "short"},
+		"JWT_PREVIOUS_SECRET": {"JWT_SECRET": strings.Repeat("k", 32), "JWT_PREVIOUS_SECRET": "short"},
+		"REDIS_URL":           {"REDIS_URL": "localhost:6379"},
+		"MONGODB_URI":         {"MONGODB_URI": "localhost"},
 	}
 	for name, m := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -90,6 +91,25 @@ func TestScaleOutRequiresSecret(t *testing.T) {
 	both["JWT_SECRET"] = strings.Repeat("k", 32)
 	c, _, err := Load("serve", nil, env(both), io.Discard, nil)
 	if err != nil || c.Embedded() {
+		t.Fatalf("c = %+v, err = %v", c, err)
+	}
+}
+
+// A rotation names the old secret beside a new one; alone, or equal to the
+// new one, it is a mistake that would hide which secret signs.
+func TestPreviousSecretOnlyDuringARotation(t *testing.T) {
+	t.Parallel()
+	newer, older := strings.Repeat("n", 32), strings.Repeat("o", 32)
+	for _, m := range []map[string]string{
+		{"JWT_PREVIOUS_SECRET": older},
+		{"JWT_SECRET": newer, "JWT_PREVIOUS_SECRET": newer},
+	} {
+		if _, _, err := Load("serve", nil, env(m), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "JWT_PREVIOUS_SECRET") {
+			t.Errorf("%v: err = %v, want one naming JWT_PREVIOUS_SECRET", m, err)
+		}
+	}
+	c, _, err := Load("serve", nil, env(map[string]string{"JWT_SECRET": newer, "JWT_PREVIOUS_SECRET": older}), io.Discard, nil)
+	if err != nil || c.JWTPreviousSecret != older {
 		t.Fatalf("c = %+v, err = %v", c, err)
 	}
 }
