@@ -74,8 +74,8 @@ function imageType(b) {
 const fail = (res, status, code, message) => res.status(status).json({ error: { code, message } });
 
 // One KeyObject: given the string, jsonwebtoken 9 tries createPublicKey on
-// every verify and falls back after its exception (~9 % of the API's CPU
-// in a profile under the bench).
+// every verify and falls back after its exception (~9 % of the API's
+// profile samples under the bench).
 const KEY = crypto.createSecretKey(Buffer.from(SECRET));
 function userOf(token) {
   return jwt.verify(token, KEY, { algorithms: ['HS256'] }).sub;
