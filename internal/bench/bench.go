@@ -38,8 +38,8 @@ import (
 
 // Options is one bench run.
 type Options struct {
-	URL         *url.URL // klectr, loopback only
-	Secret      []byte   // the server's JWT secret
+	URLs        []*url.URL // klectr, loopback only; several: one cluster's api processes
+	Secret      []byte     // the server's JWT secret
 	Users       int
 	Concurrency int
 	Requests    int           // 0: until Duration
@@ -66,7 +66,7 @@ const (
 func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klectr bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	rawURL := fs.String("url", "http://127.0.0.1:8080", "base URL of the running klectr (loopback only)")
+	rawURL := fs.String("url", "http://127.0.0.1:8080", "base URL of the running klectr (loopback only); several, comma-separated, share the sockets and upload connections round robin")
 	secret := fs.String("jwt-secret", "", "the server's JWT_SECRET, to mint the users' tokens (default $JWT_SECRET)")
 	dataDir := fs.String("data-dir", "", "the embedded server's DATA_DIR: use the secret it generated there (when no JWT secret is given)")
 	var o Options
@@ -94,8 +94,12 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		return usage("unexpected argument %q", fs.Arg(0))
 	}
 	var err error
-	if o.URL, err = loopbackURL(*rawURL); err != nil {
-		return usage("%v", err)
+	for raw := range strings.SplitSeq(*rawURL, ",") {
+		u, err := loopbackURL(raw)
+		if err != nil {
+			return usage("%v", err)
+		}
+		o.URLs = append(o.URLs, u)
 	}
 	switch {
 	case o.Users < 1 || o.Users > maxUsers:
@@ -226,7 +230,7 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
 		return nil, err
 	}
 	fmt.Fprintf(w, "klectr bench: %s  users %d  c %d  n %d  duration %v  image %d bytes (body %d)  load average %s\n",
-		o.URL, o.Users, o.Concurrency, o.Requests, o.Duration, len(o.Image), len(body), loadavg())
+		joinURLs(o.URLs), o.Users, o.Concurrency, o.Requests, o.Duration, len(o.Image), len(body), loadavg())
 
 	var reports []*Report
 	if o.Baseline {
@@ -235,7 +239,7 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
 			return nil, err
 		}
 		t := newTracker()
-		uploadAll(ctx, base, tokens, body, ctype, o, t)
+		uploadAll(ctx, []string{base}, tokens, body, ctype, o, t)
 		stop()
 		ups, _ := t.snapshot()
 		r := analyze("sink", users, ups, nil, false)
@@ -263,7 +267,7 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
 // analyses what came back.
 func runTarget(ctx context.Context, o Options, users, tokens []string, body []byte, ctype string, w io.Writer) (*Report, error) {
 	t := newTracker()
-	socks, err := connectAll(ctx, socketURL(o.URL), tokens)
+	socks, err := connectAll(ctx, o.URLs, tokens)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +292,11 @@ func runTarget(ctx context.Context, o Options, users, tokens []string, body []by
 			return nil, fmt.Errorf("-pid: %w", err)
 		}
 	}
-	uploadAll(ctx, o.URL.String(), tokens, body, ctype, o, t)
+	bases := make([]string, len(o.URLs))
+	for i, u := range o.URLs {
+		bases[i] = u.String()
+	}
+	uploadAll(ctx, bases, tokens, body, ctype, o, t)
 	if n := t.pending(); n > 0 && o.Wait > 0 {
 		fmt.Fprintf(w, "klectr: uploads done; waiting up to %v for %d events\n", o.Wait, n)
 	}
@@ -319,9 +327,10 @@ func runTarget(ctx context.Context, o Options, users, tokens []string, body []by
 	return r, nil
 }
 
-// connectAll connects one socket per token, dialParallel at a time, within
-// connectTimeout; it fails if any does not connect.
-func connectAll(ctx context.Context, wsURL string, tokens []string) ([]*socket, error) {
+// connectAll connects one socket per token, the i-th to bases[i%len(bases)],
+// dialParallel at a time, within connectTimeout; it fails if any does not
+// connect.
+func connectAll(ctx context.Context, bases []*url.URL, tokens []string) ([]*socket, error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	socks := make([]*socket, len(tokens))
@@ -332,7 +341,7 @@ func connectAll(ctx context.Context, wsURL string, tokens []string) ([]*socket, 
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			socks[i], errs[i] = dialSocket(ctx, wsURL, tok)
+			socks[i], errs[i] = dialSocket(ctx, socketURL(bases[i%len(bases)]), tok)
 		})
 	}
 	wg.Wait()
@@ -342,7 +351,7 @@ func connectAll(ctx context.Context, wsURL string, tokens []string) ([]*socket, 
 				s.close()
 			}
 		}
-		return nil, fmt.Errorf("connecting %d sockets to %s: %w", len(tokens), wsURL, firstErr(errs))
+		return nil, fmt.Errorf("connecting %d sockets to %s: %w", len(tokens), joinURLs(bases), firstErr(errs))
 	}
 	return socks, nil
 }
@@ -362,10 +371,11 @@ func firstErr(errs []error) error {
 }
 
 // uploadAll sends the uploads from o.Concurrency workers, user i%len(tokens)
-// for the i-th, until o.Requests are sent or o.Duration has passed, and
-// records each in t. A request that has started is left to finish (or to
+// for the i-th, worker w to bases[w%len(bases)] (as a TCP balancer spreads
+// connections, so one user's uploads reach every base), until o.Requests
+// are sent or o.Duration has passed, and records each in t. A request that has started is left to finish (or to
 // time out), so the end of the run does not count as failures.
-func uploadAll(ctx context.Context, base string, tokens []string, body []byte, ctype string, o Options, t *tracker) {
+func uploadAll(ctx context.Context, bases []string, tokens []string, body []byte, ctype string, o Options, t *tracker) {
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: o.Concurrency,
 		MaxConnsPerHost:     o.Concurrency,
@@ -374,7 +384,6 @@ func uploadAll(ctx context.Context, base string, tokens []string, body []byte, c
 	}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: o.Timeout}
-	endpoint := base + "/api/assets/analyze-queue"
 	var stopAt time.Time
 	if o.Duration > 0 {
 		stopAt = time.Now().Add(o.Duration)
@@ -383,7 +392,8 @@ func uploadAll(ctx context.Context, base string, tokens []string, body []byte, c
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range o.Concurrency {
+	for w := range o.Concurrency {
+		endpoint := bases[w%len(bases)] + "/api/assets/analyze-queue"
 		wg.Go(func() {
 			for ctx.Err() == nil && time.Now().Before(stopAt) {
 				i := next.Add(1) - 1
@@ -458,4 +468,12 @@ func loadavg() string {
 		return strings.Join(f[:3], " ")
 	}
 	return "?"
+}
+
+func joinURLs(us []*url.URL) string {
+	s := make([]string, len(us))
+	for i, u := range us {
+		s[i] = u.String()
+	}
+	return strings.Join(s, ",")
 }
