@@ -147,9 +147,12 @@ func (b *backends) openEmbedded(ctx context.Context, cfg *config.Config, log *sl
 	b.closers = append(b.closers, func() error { in.Close(); return nil })
 	b.store, b.queue, b.bus, b.intake = st, rq, realtime.NewLocalBus(), in
 	b.expireKeys = keys.Expire
-	if b.events, err = sqlitelog.New(ctx, db); err != nil {
+	events, err := sqlitelog.New(ctx, db)
+	if err != nil {
 		return nil, nil, nil, err
 	}
+	events.Group = st.Group // an event's append shares the worker's commits
+	b.events = events
 
 	store = throttled(all(spaceCheck(cfg.DataDir, minFree), db.WriteProbe), probeEvery)
 	q = func(ctx context.Context) error {

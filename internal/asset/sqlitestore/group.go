@@ -26,6 +26,16 @@ type groupWriter struct {
 	groups  int  // groups committed (tests read it)
 }
 
+// Group runs fn in the transaction of the next group of worker writes
+// (RecordAttempt, Finish, EventSent) and returns once it has committed, so
+// that another table's small write on the same sqlitedb.DB, such as the
+// event log's append, shares their commit instead of costing one of its
+// own. fn must write only through tx; an error from it fails the whole
+// group.
+func (s *Store) Group(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.w.do(ctx, fn)
+}
+
 // groupWrite is one caller's write. fn runs inside the group's transaction
 // and must only write through tx. It returns the caller's own outcome when
 // its statement matched no row (asset.ErrConflict, asset.ErrNotFound) as a

@@ -19,6 +19,11 @@ import (
 // Log keeps events in the "event_log" table of a sqlitedb.DB.
 type Log struct {
 	db *sqlitedb.DB
+	// Group, when set, runs Append's insert in a group commit shared with
+	// other writers of the same file (sqlitestore.Store.Group): a worker
+	// appends one event per job, and a commit of its own each time is an
+	// fsync on the one write connection. Nil: each Append commits alone.
+	Group func(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error
 }
 
 var _ eventlog.Log = (*Log)(nil)
@@ -37,10 +42,17 @@ func (l *Log) Append(ctx context.Context, userID, eventID string, data json.RawM
 	if err := eventlog.Validate(userID, eventID, data); err != nil {
 		return err
 	}
-	_, err := l.db.Write.ExecContext(ctx,
-		`INSERT INTO event_log (user_id, event_id, data, at) VALUES (?, ?, ?, ?)
-		 ON CONFLICT (user_id, event_id) DO NOTHING`,
-		userID, eventID, string(data), at.UnixMilli())
+	const insert = `INSERT INTO event_log (user_id, event_id, data, at) VALUES (?, ?, ?, ?)
+		 ON CONFLICT (user_id, event_id) DO NOTHING`
+	var err error
+	if l.Group != nil {
+		err = l.Group(ctx, func(ctx context.Context, tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, insert, userID, eventID, string(data), at.UnixMilli())
+			return err
+		})
+	} else {
+		_, err = l.db.Write.ExecContext(ctx, insert, userID, eventID, string(data), at.UnixMilli())
+	}
 	if err != nil {
 		return fmt.Errorf("sqlitelog: append: %w", err)
 	}

@@ -32,6 +32,29 @@ func TestLog(t *testing.T) {
 	eventlogtest.TestLog(t, func(t *testing.T) eventlog.Log { return newLog(t) })
 }
 
+// TestLogInStoreGroups: the suite again with appends committed in the
+// asset store's group commits, as klectr serve wires the log.
+func TestLogInStoreGroups(t *testing.T) {
+	t.Parallel()
+	eventlogtest.TestLog(t, func(t *testing.T) eventlog.Log {
+		db, err := sqlitedb.Open(context.Background(), filepath.Join(t.TempDir(), "klectr.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		st, err := sqlitestore.New(context.Background(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := sqlitelog.New(context.Background(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Group = st.Group
+		return l
+	})
+}
+
 // The log shares the file with the asset store: each keeps its own
 // migration line, in either order, and a restart migrates nothing again.
 func TestSharesTheFile(t *testing.T) {

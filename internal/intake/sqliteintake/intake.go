@@ -47,7 +47,18 @@ type Intake struct {
 type commitReq struct {
 	ctx context.Context
 	fn  func(ctx context.Context, tx *sql.Tx) error
+	// sub, when set, is what fn writes, so that the group's submissions
+	// can be written together (see commitSubs); fn stays the fallback.
+	sub *submission
 	err chan error // capacity 1
+}
+
+// submission is an upload's rows: its assets, their jobs and, under an
+// idempotency key, the key's record.
+type submission struct {
+	assets []*asset.Asset
+	jobs   []queue.Job
+	claim  *idempotency.Claim
 }
 
 // maxGroup bounds one group commit.
@@ -83,12 +94,40 @@ func (in *Intake) Submit(ctx context.Context, assets []*asset.Asset) error {
 	if err != nil {
 		return err
 	}
-	return in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		if err := in.store.CreateTx(ctx, tx, assets...); err != nil {
-			return err
+	sub := &submission{assets: assets, jobs: jobs}
+	return in.submit(ctx, sub)
+}
+
+// submit writes sub in a group transaction.
+func (in *Intake) submit(ctx context.Context, sub *submission) error {
+	r := &commitReq{ctx: ctx, sub: sub, err: make(chan error, 1)}
+	r.fn = func(ctx context.Context, tx *sql.Tx) error { return in.write(ctx, tx, []*submission{sub}) }
+	return in.send(ctx, r)
+}
+
+// write stores the submissions' assets, jobs and key records in tx: one
+// statement per asset, one River insert for all the jobs.
+func (in *Intake) write(ctx context.Context, tx *sql.Tx, subs []*submission) error {
+	var assets []*asset.Asset
+	var jobs []queue.Job
+	for _, s := range subs {
+		assets = append(assets, s.assets...)
+		jobs = append(jobs, s.jobs...)
+	}
+	if err := in.store.CreateTx(ctx, tx, assets...); err != nil {
+		return err
+	}
+	if err := in.queue.EnqueueTx(ctx, tx, jobs...); err != nil {
+		return err
+	}
+	for _, s := range subs {
+		if s.claim != nil {
+			if err := in.keys.PutTx(ctx, tx, *s.claim); err != nil {
+				return err
+			}
 		}
-		return in.queue.EnqueueTx(ctx, tx, jobs...)
-	})
+	}
+	return nil
 }
 
 var _ idempotency.Submitter = (*Intake)(nil)
@@ -118,15 +157,7 @@ func (in *Intake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idemp
 	if err != nil {
 		return nil, err
 	}
-	return nil, in.inTx(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		if err := in.store.CreateTx(ctx, tx, assets...); err != nil {
-			return err
-		}
-		if err := in.queue.EnqueueTx(ctx, tx, jobs...); err != nil {
-			return err
-		}
-		return in.keys.PutTx(ctx, tx, c)
-	})
+	return nil, in.submit(ctx, &submission{assets: assets, jobs: jobs, claim: &c})
 }
 
 // Resubmit moves a failed asset back to processing under newJobID and
@@ -215,7 +246,11 @@ func (in *Intake) DeleteJob(ctx context.Context, jobID string) error {
 // must not interrupt a statement, which would make SQLite roll back the
 // whole group's transaction.
 func (in *Intake) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
-	r := &commitReq{ctx: ctx, fn: fn, err: make(chan error, 1)}
+	return in.send(ctx, &commitReq{ctx: ctx, fn: fn, err: make(chan error, 1)})
+}
+
+// send hands r to the committer and waits for its outcome.
+func (in *Intake) send(ctx context.Context, r *commitReq) error {
 	select {
 	case in.reqs <- r:
 	case <-ctx.Done():
@@ -258,8 +293,8 @@ func (in *Intake) commitGroup(group []*commitReq) {
 	}
 	// Requests whose own work fails get their error now and leave the
 	// group; the rest share the commit's outcome.
-	kept := group[:0]
-	for _, r := range group {
+	kept, rest := in.commitSubs(ctx, tx, group)
+	for _, r := range rest {
 		err := r.ctx.Err()
 		if err == nil {
 			err = sqlitedb.Savepoint(ctx, tx, func() error { return r.fn(context.WithoutCancel(r.ctx), tx) })
@@ -279,6 +314,32 @@ func (in *Intake) commitGroup(group []*commitReq) {
 		return
 	}
 	replyAll(kept, nil)
+}
+
+// commitSubs writes the group's submissions together, in one savepoint:
+// per upload, River's insert and the savepoints cost more than the rows.
+// It returns them as kept, and the other requests as rest. If the
+// combined write fails (one upload's duplicate id, a reused key), it is
+// undone and every request is returned in rest, each to run alone in its
+// own savepoint, so one upload's failure stays its own.
+func (in *Intake) commitSubs(ctx context.Context, tx *sql.Tx, group []*commitReq) (kept, rest []*commitReq) {
+	var subs []*submission
+	for _, r := range group {
+		if r.sub != nil && r.ctx.Err() == nil {
+			kept = append(kept, r)
+			subs = append(subs, r.sub)
+		} else {
+			rest = append(rest, r)
+		}
+	}
+	if len(kept) < 2 {
+		return nil, group
+	}
+	err := sqlitedb.Savepoint(ctx, tx, func() error { return in.write(ctx, tx, subs) })
+	if err != nil {
+		return nil, group
+	}
+	return kept, rest
 }
 
 func replyAll(group []*commitReq, err error) {
