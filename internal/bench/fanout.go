@@ -49,7 +49,9 @@ type FanoutReport struct {
 	SendErrors  int    // Notifier.Send calls that failed
 	FirstErr    string // the first of them
 	Send        []time.Duration
-	PublishedIn time.Duration // first scheduled time → last Send returned
+	Dispatch    []time.Duration // scheduled time → its Send started
+	AfterSend   []time.Duration // its Send returned → received (negative: read before Send returned)
+	PublishedIn time.Duration   // first scheduled time → last Send returned
 	GCs         uint32
 	GCPauseMax  time.Duration
 	HeapPeak    uint64 // the largest HeapInuse sampled, bytes
@@ -185,6 +187,9 @@ func RunFanout(ctx context.Context, o FanoutOptions, w io.Writer) (*FanoutReport
 	}
 	jobs := make(chan job, o.Publishers)
 	sends := make([][]time.Duration, o.Publishers)
+	dispatch := make([][]time.Duration, o.Publishers)
+	var sentMu sync.Mutex
+	sentAt := make(map[string]time.Time, rep.Scheduled) // eventId → its Send returned
 	var (
 		errMu    sync.Mutex
 		lastSend atomic.Int64
@@ -208,6 +213,10 @@ func RunFanout(ctx context.Context, o FanoutOptions, w io.Writer) (*FanoutReport
 				end := time.Now()
 				cancel()
 				sends[p] = append(sends[p], end.Sub(start))
+				dispatch[p] = append(dispatch[p], start.Sub(at))
+				sentMu.Lock()
+				sentAt[a.EventID] = end
+				sentMu.Unlock()
 				lastSend.Store(end.UnixNano())
 				if err != nil {
 					errMu.Lock()
@@ -259,10 +268,18 @@ func RunFanout(ctx context.Context, o FanoutOptions, w io.Writer) (*FanoutReport
 			rep.Dropped++
 		}
 	}
-	for _, s := range sends {
-		rep.Send = append(rep.Send, s...)
+	for p := range sends {
+		rep.Send = append(rep.Send, sends[p]...)
+		rep.Dispatch = append(rep.Dispatch, dispatch[p]...)
+	}
+	for _, rc := range recs {
+		if end, ok := sentAt[rc.ev.EventID]; ok {
+			rep.AfterSend = append(rep.AfterSend, rc.at.Sub(end))
+		}
 	}
 	slices.Sort(rep.Send)
+	slices.Sort(rep.Dispatch)
+	slices.Sort(rep.AfterSend)
 	return rep, nil
 }
 
@@ -299,6 +316,14 @@ func (r *FanoutReport) Print(w io.Writer) {
 		fmt.Fprintf(w, "  Notifier.Send   p50 %s  p90 %s  p99 %s  max %s  (log append + bus + queue on the sockets)\n",
 			ms(percentile(r.Send, 50)), ms(percentile(r.Send, 90)), ms(percentile(r.Send, 99)), ms(percentile(r.Send, 100)))
 	}
+	pct := func(name string, d []time.Duration, note string) {
+		if len(d) > 0 {
+			fmt.Fprintf(w, "  %-15s p50 %s  p90 %s  p99 %s  max %s  (%s)\n", name,
+				ms(percentile(d, 50)), ms(percentile(d, 90)), ms(percentile(d, 99)), ms(percentile(d, 100)), note)
+		}
+	}
+	pct("to a publisher", r.Dispatch, "scheduled time → Send starts: all publishers busy")
+	pct("after Send", r.AfterSend, "Send returned → received: socket queue, write, client read")
 	if len(r.Lag) > 0 {
 		fmt.Fprintf(w, "  event lag       p50 %s  p90 %s  p99 %s  max %s  (received − processedAt, which has ms precision)\n",
 			ms(percentile(r.Lag, 50)), ms(percentile(r.Lag, 90)), ms(percentile(r.Lag, 99)), ms(percentile(r.Lag, 100)))
