@@ -7,7 +7,9 @@
 // asset's event has not reached its owner within -wait, or when an event
 // reaches another user. With -baseline it first sends the same requests to
 // an in-process bare multipart sink, so one command gives klectr's rate as
-// a share of what net/http allows on the machine.
+// a share of what net/http allows on the machine. With -fanout it measures
+// the realtime path alone instead (RunFanout): event log, bus and Socket.IO
+// in this process, at a fixed event rate.
 //
 // Everything is bounded: requests by -n and -duration (at most 1 h), each
 // request by -timeout, the connecting and the wait for events by their own
