@@ -31,7 +31,7 @@ type Log struct {
 
 	mu sync.Mutex
 	// waiting holds the appends for the next group; committing is true
-	// while a goroutine commits groups, and that goroutine takes waiting
+	// while a goroutine (commitAll) commits groups, and it takes waiting
 	// when its commit is done. No goroutine runs while nothing waits.
 	waiting    []*pendingAppend
 	committing bool
@@ -83,17 +83,13 @@ func (l *Log) Append(ctx context.Context, userID, eventID string, data json.RawM
 	p := &pendingAppend{userID: userID, eventID: eventID, data: string(data), at: at.UnixMilli(), done: make(chan error, 1)}
 	l.mu.Lock()
 	l.waiting = append(l.waiting, p)
-	lead := !l.committing
-	l.committing = true
-	l.mu.Unlock()
-	if lead {
-		// This goroutine commits the first group, its own event in it,
-		// and hands what arrived meanwhile to a goroutine of its own, so
-		// that it never waits for other callers' groups.
-		if l.commitGroup() {
-			go l.commitAll()
-		}
+	if !l.committing {
+		// The committer is a goroutine of its own, not this caller, so
+		// that every caller, the first too, can give up when its ctx ends.
+		l.committing = true
+		go l.commitAll()
 	}
+	l.mu.Unlock()
 	select {
 	case err := <-p.done:
 		return err
@@ -110,7 +106,7 @@ func (l *Log) commitAll() {
 
 // commitGroup commits up to maxGroup waiting appends in one transaction and
 // tells each its outcome. It reports whether more are waiting; when none
-// is, committing is over (the next Append leads).
+// is, committing is over (the next Append starts a committer).
 func (l *Log) commitGroup() (more bool) {
 	l.mu.Lock()
 	n := min(len(l.waiting), maxGroup)

@@ -2,7 +2,9 @@ package sqlitelog_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,5 +56,50 @@ func TestSharesTheFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		db.Close()
+	}
+}
+
+// Appends are committed in groups; a row the database refuses fails its
+// own Append only, never the others committed with it.
+func TestRefusedRowFailsOnlyItsAppend(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, err := sqlitedb.Open(ctx, filepath.Join(t.TempDir(), "klectr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := sqlitelog.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Write.ExecContext(ctx, `CREATE TRIGGER refuse BEFORE INSERT ON event_log
+		WHEN NEW.event_id = 'bad' BEGIN SELECT RAISE(ABORT, 'refused'); END`); err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		id := fmt.Sprint("e", i)
+		if i == n/2 {
+			id = "bad"
+		}
+		wg.Go(func() {
+			errs[i] = l.Append(ctx, "u1", id, []byte(fmt.Sprintf(`{"eventId":%q}`, id)), time.Now())
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if (err != nil) != (i == n/2) {
+			t.Errorf("append %d: %v", i, err)
+		}
+	}
+	got, err := l.After(ctx, "u1", "", eventlog.MaxLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n-1 {
+		t.Errorf("%d events in the log, want %d", len(got), n-1)
 	}
 }
