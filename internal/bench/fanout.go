@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/klectr/klectr/internal/asset"
@@ -54,8 +55,9 @@ type FanoutReport struct {
 	PublishedIn time.Duration   // first scheduled time → last Send returned
 	GCs         uint32
 	GCPauseMax  time.Duration
-	HeapPeak    uint64 // the largest HeapInuse sampled, bytes
-	Late        int    // events handed to a publisher more than 1 ms after their time
+	HeapPeak    uint64        // the largest HeapInuse sampled, bytes
+	CPU         time.Duration // this process's user + system CPU while publishing (server and clients)
+	Late        int           // events handed to a publisher more than 1 ms after their time
 }
 
 // Problems lists what makes the run fail.
@@ -178,6 +180,7 @@ func RunFanout(ctx context.Context, o FanoutOptions, w io.Writer) (*FanoutReport
 
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
+	cpu0 := selfCPU()
 	heapPeak := sampleHeap(sctx)
 
 	rep := &FanoutReport{Scheduled: int(int64(o.Rate) * int64(o.Duration) / int64(time.Second))}
@@ -244,6 +247,7 @@ func RunFanout(ctx context.Context, o FanoutOptions, w io.Writer) (*FanoutReport
 	close(jobs)
 	pubs.Wait()
 	rep.PublishedIn = time.Unix(0, lastSend.Load()).Sub(t0)
+	rep.CPU = selfCPU() - cpu0
 	if o.CPUProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -334,8 +338,17 @@ func (r *FanoutReport) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  events %d: missing %d  duplicate %d (repeats %d)  cross-user %d  sockets dropped %d\n",
 		r.Received, r.Missing, r.Duplicates, r.Repeats, r.CrossUser, r.Dropped)
-	fmt.Fprintf(w, "  process (server and clients): %d GCs, longest pause %s, peak heap in use %.1f MiB\n",
-		r.GCs, ms(r.GCPauseMax), float64(r.HeapPeak)/(1<<20))
+	fmt.Fprintf(w, "  process (server and clients): %d GCs, longest pause %s, peak heap in use %.1f MiB, CPU %.2fs while publishing (%.0f ms per 1,000 events)\n",
+		r.GCs, ms(r.GCPauseMax), float64(r.HeapPeak)/(1<<20), r.CPU.Seconds(), float64(r.CPU.Milliseconds())*1000/float64(max(len(r.Send), 1)))
+}
+
+// selfCPU is this process's user + system CPU time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // errFanoutFlags is returned for flags that make no sense with -fanout.
