@@ -45,11 +45,11 @@ type FanoutOptions struct {
 
 // FanoutReport is what a fan-out run measured.
 type FanoutReport struct {
-	*Report            // Missing, Duplicates, CrossUser, Lag, E2E, Dropped
-	Scheduled   int    // events the schedule asked for
-	SendErrors  int    // Notifier.Send calls that failed
-	FirstErr    string // the first of them
-	Send        []time.Duration
+	*Report                     // Missing, Duplicates, CrossUser, Lag, E2E, Dropped
+	Scheduled   int             // events the schedule asked for
+	SendErrors  int             // Notifier.Send calls that failed
+	FirstErr    string          // the first of them
+	Send        []time.Duration // each Notifier.Send, sorted
 	Dispatch    []time.Duration // scheduled time → its Send started
 	AfterSend   []time.Duration // its Send returned → received (negative: read before Send returned)
 	PublishedIn time.Duration   // first scheduled time → last Send returned
