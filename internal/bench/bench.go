@@ -7,7 +7,9 @@
 // asset's event has not reached its owner within -wait, or when an event
 // reaches another user. With -baseline it first sends the same requests to
 // an in-process bare multipart sink, so one command gives klectr's rate as
-// a share of what net/http allows on the machine.
+// a share of what net/http allows on the machine. With -fanout it measures
+// the realtime path alone instead (RunFanout): event log, bus and Socket.IO
+// in this process, at a fixed event rate.
 //
 // Everything is bounded: requests by -n and -duration (at most 1 h), each
 // request by -timeout, the connecting and the wait for events by their own
@@ -80,6 +82,11 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	imagePath := fs.String("image", "", "upload this file instead of a generated PNG")
 	fs.IntVar(&o.PID, "pid", 0, "the server's pid: print its peak RSS and CPU seconds from /proc")
 	fs.BoolVar(&o.Baseline, "baseline", false, "first send the same requests to an in-process bare multipart sink and print the ratio")
+	fanout := fs.Bool("fanout", false, "measure the realtime path alone, in this process: event log + bus + Socket.IO to -users clients, at -rate events/s for -duration (default 10s)")
+	var fo FanoutOptions
+	fs.IntVar(&fo.Rate, "rate", 2000, "with -fanout: events per second, all users together")
+	fs.IntVar(&fo.Publishers, "publishers", 50, "with -fanout: goroutines publishing at once (the worker's WORKER_CONCURRENCY)")
+	fs.StringVar(&fo.CPUProfile, "cpuprofile", "", "with -fanout: write a CPU profile of the publishing phase to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -92,6 +99,9 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	}
 	if fs.NArg() > 0 {
 		return usage("unexpected argument %q", fs.Arg(0))
+	}
+	if *fanout {
+		return mainFanout(ctx, fs, o, fo, stdout, stderr, usage)
 	}
 	var err error
 	for raw := range strings.SplitSeq(*rawURL, ",") {

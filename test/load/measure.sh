@@ -75,10 +75,33 @@ waitfor "$run/server.log" '"msg":"worker started"'
 addr=$(grep -o '"msg":"listening","addr":"[^"]*"' "$run/server.log" | sed 's/.*"addr":"\([^"]*\)"/\1/')
 
 echo "scenario $scenario${AI_SERVICE_URL:+ (AI $delay)}  klectr $rev  run dir $run  load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# The server's RSS every RSS_EVERY seconds (default 2), "seconds kB" lines in
+# $run/rss.txt, summarised after the run: is memory flat, or does it grow?
+(
+	t0=$(date +%s)
+	while kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$server/status" 2>/dev/null) && [[ -n $kb ]]; do
+		echo "$(($(date +%s) - t0)) $kb" >>"$run/rss.txt"
+		sleep "${RSS_EVERY:-2}"
+	done
+) &
+sampler=$!
+pids+=("$sampler")
 status=0
 "$OUT/klectr" bench -url "http://$addr" -data-dir "$run/data" -users "$USERS" \
 	-c "$C" -n "$N" -image-bytes "$BYTES" -pid "$server" "$@" || status=$?
 echo "load average after $(cut -d' ' -f1-3 /proc/loadavg)"
+kill "$sampler" 2>/dev/null || true
+if [[ -s $run/rss.txt ]]; then
+	# max, and the curve at about 12 evenly spaced samples (seconds:MiB).
+	awk '{ t[NR] = $1; v[NR] = $2; if ($2 > m) m = $2 }
+		END {
+			printf "server RSS every %ss: %d samples, max %.1f MiB; curve:", "'"${RSS_EVERY:-2}"'", NR, m / 1024
+			step = NR > 12 ? int(NR / 12) : 1
+			for (i = 1; i <= NR; i += step) printf " %ds:%.0f", t[i], v[i] / 1024
+			printf " %ds:%.0f MiB\n", t[NR], v[NR] / 1024
+		}' "$run/rss.txt"
+fi
 
 # The database's own view, when the sqlite3 shell is installed.
 # River completes jobs in batches after the handler returns: give the last
