@@ -37,6 +37,7 @@ import (
 type fakeStore struct {
 	mu     sync.Mutex
 	assets map[string]*asset.Asset
+	gets   int // calls of Get
 }
 
 var _ pipeline.Store = (*fakeStore)(nil)
@@ -67,6 +68,7 @@ func (s *fakeStore) Get(ctx context.Context, id string) (*asset.Asset, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gets++
 	a, ok := s.assets[id]
 	if !ok {
 		return nil, fmt.Errorf("fake store: get %s: %w", id, asset.ErrNotFound)

@@ -78,6 +78,14 @@ func TestProcessJobSuccessMakesDraftAndEvent(t *testing.T) {
 	if ev.ProcessedAt != "2026-11-29T01:02:03.456Z" {
 		t.Errorf("event processedAt %q, want milliseconds in UTC", ev.ProcessedAt)
 	}
+	// Every store call is a round trip, and on FerretDB a collection
+	// scan: a job's guarded updates do the checking, no read before them.
+	e.store.mu.Lock()
+	gets := e.store.gets
+	e.store.mu.Unlock()
+	if gets != 0 {
+		t.Errorf("the job read the asset %d times; want only its guarded updates", gets)
+	}
 }
 
 // TestProcessJobFailures runs each AI fault on a first attempt and on the

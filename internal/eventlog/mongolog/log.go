@@ -100,11 +100,16 @@ func (l *Log) Append(ctx context.Context, userID, eventID string, data json.RawM
 	if err := eventlog.Validate(userID, eventID, data); err != nil {
 		return err
 	}
-	for range maxRetries {
-		if n, err := l.c.CountDocuments(ctx, bson.D{{Key: "userId", Value: userID}, {Key: "eventId", Value: eventID}}, options.Count().SetLimit(1)); err != nil {
-			return fmt.Errorf("mongolog: append: %w", err)
-		} else if n > 0 {
-			return nil
+	// The first try inserts without looking for eventID: the unique index
+	// on (userId, eventId) refuses a repeat, and only then (a duplicate
+	// key) is it worth a query, which on FerretDB scans the collection.
+	for i := range maxRetries {
+		if i > 0 {
+			if n, err := l.c.CountDocuments(ctx, bson.D{{Key: "userId", Value: userID}, {Key: "eventId", Value: eventID}}, options.Count().SetLimit(1)); err != nil {
+				return fmt.Errorf("mongolog: append: %w", err)
+			} else if n > 0 {
+				return nil
+			}
 		}
 		seq, err := l.lastSeq(ctx, userID)
 		if err != nil {
