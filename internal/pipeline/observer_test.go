@@ -21,13 +21,21 @@ type recorder struct {
 	eventLags []time.Duration
 }
 
-func (r *recorder) QueueWait(d time.Duration) { r.mu.Lock(); r.waits = append(r.waits, d); r.mu.Unlock() }
+func (r *recorder) QueueWait(d time.Duration) {
+	r.mu.Lock()
+	r.waits = append(r.waits, d)
+	r.mu.Unlock()
+}
 func (r *recorder) AICall(o string, took time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.outcomes, r.calls = append(r.outcomes, o), append(r.calls, took)
 }
-func (r *recorder) Finished(a *asset.Asset) { r.mu.Lock(); r.finished = append(r.finished, a); r.mu.Unlock() }
+func (r *recorder) Finished(a *asset.Asset) {
+	r.mu.Lock()
+	r.finished = append(r.finished, a)
+	r.mu.Unlock()
+}
 func (r *recorder) EventSent(lag time.Duration) {
 	r.mu.Lock()
 	r.eventLags = append(r.eventLags, lag)
