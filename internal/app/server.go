@@ -18,6 +18,7 @@ import (
 	"github.com/klectr/klectr/internal/eventlog"
 	"github.com/klectr/klectr/internal/httpapi"
 	"github.com/klectr/klectr/internal/pipeline"
+	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/realtime"
 )
 
@@ -119,6 +120,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		sweeps = newSweeps(handler, b, qo.single, time.Now(), cfg.EventRetention, log)
 	}
 	srv := newHTTPServer(m, cfg, b, keys, rt, breaker, log)
+	handler.Observer = srv.metrics // before the queue starts: no job runs yet
 
 	if err := rt.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
@@ -178,11 +180,20 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 // httpServer is the process's listener: the API with Socket.IO, or on a
 // worker only the probes.
 type httpServer struct {
-	srv  *http.Server
-	addr string
-	mode mode
-	log  *slog.Logger
+	srv     *http.Server
+	addr    string
+	mode    mode
+	log     *slog.Logger
+	metrics *metrics
+	sampler *loop // the queue counts' history (api processes); nil otherwise
 }
+
+// Queue count history for the console's chart: a sample every
+// historyEvery, for an hour.
+const (
+	historyEvery = 30 * time.Second
+	historyLen   = int(time.Hour / historyEvery)
+)
 
 func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, breaker *ai.Breaker, log *slog.Logger) *httpServer {
 	var sockets func() int
@@ -209,9 +220,20 @@ func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt 
 		deps.AIBreaker = breaker.State
 	}
 	var h http.Handler
+	var sampler *loop
 	if m.api() {
 		deps.Socket = rt
 		deps.Events = b.events
+		deps.Timelines = b.store
+		hist := queue.NewHistory(historyLen)
+		deps.QueueHistory = hist.Since
+		sampler = newLoop(0, historyEvery, func(ctx context.Context) {
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if counts, err := b.queue.Counts(ctx); err == nil {
+				hist.Add(queue.Sample{At: time.Now(), Counts: counts})
+			}
+		})
 		if cfg.UploadRate > 0 {
 			deps.Limiter = httpapi.NewUserLimiter(cfg.UploadRate, max(1, cfg.UploadRate/6), nil)
 		}
@@ -220,9 +242,11 @@ func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt 
 		h = httpapi.NewProbes(deps)
 	}
 	return &httpServer{
-		addr: cfg.Addr,
-		mode: m,
-		log:  log,
+		addr:    cfg.Addr,
+		mode:    m,
+		log:     log,
+		metrics: mx,
+		sampler: sampler,
 		srv: &http.Server{
 			Handler:           mx.instrument(h),
 			ReadHeaderTimeout: 10 * time.Second,
@@ -242,6 +266,9 @@ func (s *httpServer) start(errc chan<- error) {
 		return
 	}
 	s.log.Info("listening", "addr", ln.Addr().String(), "mode", s.mode)
+	if s.sampler != nil {
+		s.sampler.Start()
+	}
 	go func() {
 		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -251,6 +278,9 @@ func (s *httpServer) start(errc chan<- error) {
 
 // stop lets in-flight requests finish, then closes what is left.
 func (s *httpServer) stop() {
+	if s.sampler != nil {
+		s.sampler.Stop()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := s.srv.Shutdown(ctx); err != nil {

@@ -68,7 +68,30 @@ type Asset struct {
 	Attempts        int
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
-	ProcessedAt     *time.Time
+
+	// The pipeline timestamps of the asset's current run, in the order
+	// they happen (nil: not yet, or a row stored before they existed).
+	// A run is the upload, or a later retry or replay, which starts a new
+	// one: ReceivedAt and EnqueuedAt are then the moment of the requeue,
+	// and the rest are cleared.
+	//   - ReceivedAt: the upload request reached the API handler.
+	//   - EnqueuedAt: the intake stamped the asset and its job (the job
+	//     payload's enqueuedAt) in the write that makes both durable; the
+	//     commit and the 202 follow at once.
+	//   - StartedAt: the first attempt of the job began (a handler recorded
+	//     it; later attempts keep it).
+	//   - AnalyzedAt: the analysis of the last attempt ended, with a result
+	//     or with the error that made the state final; nil when the final
+	//     state came without one (job deleted, dead job reconciled).
+	//   - ProcessedAt: the final state was stored.
+	//   - EventSentAt: the asset_processed event of that final state was
+	//     published (written with the clearing of the outbox mark).
+	ReceivedAt  *time.Time
+	EnqueuedAt  *time.Time
+	StartedAt   *time.Time
+	AnalyzedAt  *time.Time
+	ProcessedAt *time.Time
+	EventSentAt *time.Time
 
 	// EventID identifies the asset_processed event of the current final
 	// state; EventPending is true while that event is owed (outbox).
@@ -85,11 +108,24 @@ func (a *Asset) Clone() *Asset {
 		e := *a.Error
 		c.Error = &e
 	}
-	if a.ProcessedAt != nil {
-		p := *a.ProcessedAt
-		c.ProcessedAt = &p
+	for _, t := range []**time.Time{&c.ReceivedAt, &c.EnqueuedAt, &c.StartedAt, &c.AnalyzedAt, &c.ProcessedAt, &c.EventSentAt} {
+		if *t != nil {
+			v := **t
+			*t = &v
+		}
 	}
 	return &c
+}
+
+// Timeline is the pipeline timestamps of one asset's current run (see
+// Asset), what the SLO report reads.
+type Timeline struct {
+	ReceivedAt, EnqueuedAt, StartedAt, AnalyzedAt, ProcessedAt, EventSentAt *time.Time
+}
+
+// Timeline returns a's timestamps.
+func (a *Asset) Timeline() Timeline {
+	return Timeline{a.ReceivedAt, a.EnqueuedAt, a.StartedAt, a.AnalyzedAt, a.ProcessedAt, a.EventSentAt}
 }
 
 // Error is why an asset failed, as shown to its owner.
@@ -104,6 +140,7 @@ type Outcome struct {
 	AIMetadata  json.RawMessage
 	Error       *Error
 	Attempts    int
+	AnalyzedAt  *time.Time // nil: the final state came without an analysis
 	ProcessedAt time.Time
 	EventID     string
 }

@@ -15,16 +15,22 @@ import (
 //     descending), filtered by status, paginated by an opaque cursor that
 //     stays valid while assets are added; a cursor it did not issue gives
 //     ErrInvalidCursor.
-//   - RecordAttempt sets Attempts while the asset is processing under jobID;
-//     otherwise ErrConflict.
+//   - Create stores every field, the timestamps included.
+//   - RecordAttempt sets Attempts while the asset is processing under jobID,
+//     and StartedAt to now unless it is set; otherwise ErrConflict.
 //   - Finish applies a job's final Outcome only while the asset is
 //     processing under jobID, and in the same atomic update sets EventID
-//     and EventPending=true. Otherwise ErrConflict: the job is a repeat and
+//     and EventPending=true and clears EventSentAt. Otherwise ErrConflict: the job is a repeat and
 //     must be acknowledged without work.
 //   - Reprocess moves a failed asset to processing under newJobID, clearing
-//     the previous outcome (ErrConflict if it is not failed).
+//     the previous outcome (ErrConflict if it is not failed); a new run
+//     starts: ReceivedAt and EnqueuedAt become now, the later timestamps nil.
 //   - PendingEvents returns assets whose event is owed, oldest first;
-//     EventSent clears the mark only if eventID is still the owed one.
+//     EventSent clears the mark and sets EventSentAt to sentAt, only if
+//     eventID is still the owed one.
+//   - Timelines returns the timelines of up to limit assets whose
+//     ReceivedAt is at or after since, newest ReceivedAt first (assets
+//     stored without one are never returned).
 //   - Delete removes assets by id (missing ids are ignored); it exists so
 //     that a backend pair without a shared transaction can undo a Create.
 //   - Processing returns up to limit assets that are processing, were last
@@ -42,9 +48,10 @@ type Store interface {
 	Finish(ctx context.Context, id, jobID string, out Outcome) (*Asset, error)
 	Reprocess(ctx context.Context, id, newJobID string, now time.Time) (*Asset, error)
 	PendingEvents(ctx context.Context, limit int) ([]*Asset, error)
-	EventSent(ctx context.Context, id, eventID string) error
+	EventSent(ctx context.Context, id, eventID string, sentAt time.Time) error
 	Delete(ctx context.Context, ids ...string) error
 	Processing(ctx context.Context, updatedBefore time.Time, afterID string, limit int) ([]*Asset, error)
 	BlobsInUse(ctx context.Context, keys []string) (map[string]bool, error)
+	Timelines(ctx context.Context, since time.Time, limit int) ([]Timeline, error)
 	Ping(ctx context.Context) error
 }

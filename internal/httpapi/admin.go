@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/klectr/klectr/internal/queue"
 )
@@ -35,9 +36,26 @@ func jobToJSON(i queue.Info) jobJSON {
 	return j
 }
 
+// maxHistory is the longest ?history= of GET /api/admin/queues: what the
+// app's sampler keeps.
+const maxHistory = time.Hour
+
 // adminQueues is GET /api/admin/queues: job counts by state, and the AI
-// breaker's state where this process holds one.
+// breaker's state where this process holds one. With ?history=<duration>
+// (at most an hour) it adds this process's samples of the counts over that
+// span, oldest first.
 func (s *Server) adminQueues(w http.ResponseWriter, r *http.Request) {
+	var history time.Duration
+	if v := r.URL.Query().Get("history"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > maxHistory {
+			e := errorf(codeBadRequest, "history must be a duration from 1s to 1h, such as 1h or 15m")
+			e.Field = "history"
+			s.writeError(w, r, e)
+			return
+		}
+		history = d
+	}
 	counts, err := s.Jobs.Counts(r.Context())
 	if err != nil {
 		s.writeError(w, r, internalError(codeUnavailable, err))
@@ -52,6 +70,23 @@ func (s *Server) adminQueues(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.AIBreaker != nil {
 		body["aiBreaker"] = s.AIBreaker()
+	}
+	if history > 0 {
+		type sample struct {
+			At     string              `json:"at"`
+			Counts map[queue.State]int `json:"counts"`
+		}
+		out := []sample{}
+		if s.QueueHistory != nil {
+			for _, smp := range s.QueueHistory(s.Now().Add(-history)) {
+				c := make(map[queue.State]int, len(queue.States()))
+				for _, st := range queue.States() {
+					c[st] = smp.Counts[st]
+				}
+				out = append(out, sample{At: rfc3339(smp.At), Counts: c})
+			}
+		}
+		body["history"] = out
 	}
 	writeJSON(w, http.StatusOK, body)
 }

@@ -30,6 +30,13 @@ type assetJSON struct {
 	CreatedAt       string          `json:"createdAt"`
 	UpdatedAt       string          `json:"updatedAt"`
 	ProcessedAt     *string         `json:"processedAt"`
+	// The pipeline timestamps of the current run (asset.Asset); null when
+	// not reached, or for an asset stored before they were recorded.
+	ReceivedAt  *string `json:"receivedAt"`
+	EnqueuedAt  *string `json:"enqueuedAt"`
+	StartedAt   *string `json:"startedAt"`
+	AnalyzedAt  *string `json:"analyzedAt"`
+	EventSentAt *string `json:"eventSentAt"`
 }
 
 func rfc3339(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
@@ -50,11 +57,19 @@ func toJSON(a *asset.Asset) assetJSON {
 	if !utf8.Valid(j.AIMetadata) {
 		j.AIMetadata = bytes.ToValidUTF8(j.AIMetadata, []byte("\uFFFD"))
 	}
-	if a.ProcessedAt != nil {
-		p := rfc3339(*a.ProcessedAt)
-		j.ProcessedAt = &p
-	}
+	j.ProcessedAt = optRFC3339(a.ProcessedAt)
+	j.ReceivedAt, j.EnqueuedAt, j.StartedAt = optRFC3339(a.ReceivedAt), optRFC3339(a.EnqueuedAt), optRFC3339(a.StartedAt)
+	j.AnalyzedAt, j.EventSentAt = optRFC3339(a.AnalyzedAt), optRFC3339(a.EventSentAt)
 	return j
+}
+
+// optRFC3339 writes an optional time; nil becomes JSON null.
+func optRFC3339(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := rfc3339(*t)
+	return &s
 }
 
 // ownAsset loads the asset id for the caller. Another user's asset is

@@ -26,15 +26,17 @@ func newAsset(user string, st asset.Status, at time.Time) *asset.Asset {
 		SHA256: strings.Repeat("ab", 32), Width: 4032, Height: 3024,
 		BlobKey: strings.Repeat("0f", 16), Attempts: 1, CreatedAt: at, UpdatedAt: at.Add(time.Second),
 	}
-	done := at.Add(2 * time.Second)
+	received, enqueued, started := at.Add(-50*time.Millisecond), at, at.Add(time.Second)
+	a.ReceivedAt, a.EnqueuedAt, a.StartedAt = &received, &enqueued, &started
+	analyzed, done, sent := at.Add(1900*time.Millisecond), at.Add(2*time.Second), at.Add(2100*time.Millisecond)
 	switch st {
 	case asset.StatusDraft:
 		a.AIMetadata = json.RawMessage(`{"provider":"builtin","width":4032}`)
-		a.ProcessedAt = &done
+		a.ProcessedAt, a.AnalyzedAt, a.EventSentAt = &done, &analyzed, &sent
 	case asset.StatusFailed:
 		a.Error = &asset.Error{Code: "ai_rejected", Message: "the AI service refused the image"}
 		a.Attempts = 4
-		a.ProcessedAt = &done
+		a.ProcessedAt, a.AnalyzedAt = &done, &analyzed // its event not sent yet: null
 	}
 	return a
 }
@@ -57,6 +59,11 @@ type assetBody struct {
 	CreatedAt       string          `json:"createdAt"`
 	UpdatedAt       string          `json:"updatedAt"`
 	ProcessedAt     *string         `json:"processedAt"`
+	ReceivedAt      *string         `json:"receivedAt"`
+	EnqueuedAt      *string         `json:"enqueuedAt"`
+	StartedAt       *string         `json:"startedAt"`
+	AnalyzedAt      *string         `json:"analyzedAt"`
+	EventSentAt     *string         `json:"eventSentAt"`
 }
 
 func decodeStrict(t *testing.T, b []byte, v any) {
@@ -94,8 +101,18 @@ func wantAsset(t *testing.T, got assetBody, a *asset.Asset) {
 	if (a.Error == nil) != (got.Error == nil) || (a.Error != nil && *a.Error != *got.Error) {
 		t.Errorf("error %+v, want %+v", got.Error, a.Error)
 	}
-	if (a.ProcessedAt == nil) != (got.ProcessedAt == nil) || (a.ProcessedAt != nil && parse(*got.ProcessedAt) != ts(*a.ProcessedAt)) {
-		t.Errorf("processedAt %v, want %v", got.ProcessedAt, a.ProcessedAt)
+	for _, f := range []struct {
+		name string
+		got  *string
+		want *time.Time
+	}{
+		{"processedAt", got.ProcessedAt, a.ProcessedAt}, {"receivedAt", got.ReceivedAt, a.ReceivedAt},
+		{"enqueuedAt", got.EnqueuedAt, a.EnqueuedAt}, {"startedAt", got.StartedAt, a.StartedAt},
+		{"analyzedAt", got.AnalyzedAt, a.AnalyzedAt}, {"eventSentAt", got.EventSentAt, a.EventSentAt},
+	} {
+		if (f.want == nil) != (f.got == nil) || (f.want != nil && parse(*f.got) != ts(*f.want)) {
+			t.Errorf("%s %v, want %v", f.name, f.got, f.want)
+		}
 	}
 }
 

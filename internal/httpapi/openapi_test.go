@@ -100,7 +100,9 @@ func TestContractValidatorRefusesWrongBodies(t *testing.T) {
 	goodAsset := `{"id":"` + id + `","userId":"u1","status":"processing","processingJobId":"` + id + `",` +
 		`"filename":"a.jpg","contentType":"image/jpeg","size":10,"sha256":"` + strings.Repeat("a", 64) + `",` +
 		`"width":1,"height":1,"aiMetadata":null,"error":null,"attempts":0,` +
-		`"createdAt":"2026-01-02T03:04:05.000Z","updatedAt":"2026-01-02T03:04:05.000Z","processedAt":null}`
+		`"createdAt":"2026-01-02T03:04:05.000Z","updatedAt":"2026-01-02T03:04:05.000Z","processedAt":null,` +
+		`"receivedAt":"2026-01-02T03:04:04.950Z","enqueuedAt":"2026-01-02T03:04:05.000Z","startedAt":null,` +
+		`"analyzedAt":null,"eventSentAt":null}`
 	cases := []struct {
 		name, method, path string
 		status             int

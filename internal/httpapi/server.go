@@ -95,6 +95,19 @@ type Deps struct {
 	AIBreaker func() ai.BreakerState
 	// Events is the users' event log, for GET /api/events; nil: no route.
 	Events eventlog.Reader
+	// Timelines reads the assets' pipeline timestamps for GET
+	// /api/admin/slo; nil: no route.
+	Timelines Timelines
+	// QueueHistory returns this process's samples of the queue counts
+	// taken at or after since, oldest first, for GET
+	// /api/admin/queues?history=; nil: none kept.
+	QueueHistory func(since time.Time) []queue.Sample
+}
+
+// Timelines is what the SLO report reads of the asset store
+// (asset.Store.Timelines).
+type Timelines interface {
+	Timelines(ctx context.Context, since time.Time, limit int) ([]asset.Timeline, error)
 }
 
 // Check is one dependency that /readyz reports by name (store, queue, bus,
@@ -165,6 +178,9 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /api/admin/jobs/{id}", admin(s.adminGetJob))
 	s.mux.Handle("POST /api/admin/jobs/{id}/retry", admin(s.adminRetryJob))
 	s.mux.Handle("DELETE /api/admin/jobs/{id}", admin(s.adminDeleteJob))
+	if s.Timelines != nil {
+		s.mux.Handle("GET /api/admin/slo", admin(s.adminSLO))
+	}
 
 	if s.Socket != nil {
 		s.mux.Handle("/socket.io/", s.Socket)

@@ -52,6 +52,7 @@ type stored struct {
 // key is decided only once the whole body has been read (its fingerprint
 // covers the files), so a refused upload never reaches the key.
 func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
+	received := s.Now().UTC().Truncate(time.Millisecond)
 	ctx := r.Context()
 	user := claims(r).UserID
 	key, apiErr := idempotencyKey(r)
@@ -109,6 +110,7 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 			BlobKey:         f.key,
 			CreatedAt:       now,
 			UpdatedAt:       now,
+			ReceivedAt:      &received,
 		}
 		assets[i] = a
 	}

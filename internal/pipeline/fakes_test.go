@@ -99,6 +99,9 @@ func (s *fakeStore) RecordAttempt(ctx context.Context, id, jobID string, attempt
 		return fmt.Errorf("fake store: record attempt %s: %w", id, err)
 	}
 	a.Attempts, a.UpdatedAt = attempt, now
+	if a.StartedAt == nil {
+		a.StartedAt = &now
+	}
 	return nil
 }
 
@@ -122,6 +125,7 @@ func (s *fakeStore) Finish(ctx context.Context, id, jobID string, out asset.Outc
 	a.Status, a.AIMetadata, a.Error, a.Attempts = out.Status, bytes.Clone(out.AIMetadata), out.Error, out.Attempts
 	a.ProcessedAt, a.UpdatedAt = &at, at
 	a.EventID, a.EventPending = out.EventID, true
+	a.AnalyzedAt, a.EventSentAt = out.AnalyzedAt, nil
 	return a.Clone(), nil
 }
 
@@ -149,14 +153,14 @@ func (s *fakeStore) PendingEvents(ctx context.Context, limit int) ([]*asset.Asse
 	return out[:min(limit, len(out))], nil
 }
 
-func (s *fakeStore) EventSent(ctx context.Context, id, eventID string) error {
+func (s *fakeStore) EventSent(ctx context.Context, id, eventID string, sentAt time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if a, ok := s.assets[id]; ok && a.EventPending && a.EventID == eventID {
-		a.EventPending = false
+		a.EventPending, a.EventSentAt = false, &sentAt
 	}
 	return nil
 }

@@ -62,8 +62,32 @@ type Store interface {
 	RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error
 	Finish(ctx context.Context, id, jobID string, out asset.Outcome) (*asset.Asset, error)
 	PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, error)
-	EventSent(ctx context.Context, id, eventID string) error
+	EventSent(ctx context.Context, id, eventID string, sentAt time.Time) error
 }
+
+// Observer receives the handler's measurements (the app's Prometheus
+// histograms). Its methods must not block.
+type Observer interface {
+	// QueueWait: a job's first attempt began wait after its enqueue.
+	QueueWait(wait time.Duration)
+	// AICall: one attempt's analysis (blob read and AI call) ended after
+	// took with outcome (OutcomeOK, …); took is 0 when no call was made.
+	AICall(outcome string, took time.Duration)
+	// Finished: an asset reached its final state (a carries its timeline
+	// and attempts).
+	Finished(a *asset.Asset)
+	// EventSent: an asset's event went out lag after its final state.
+	EventSent(lag time.Duration)
+}
+
+// The outcome classes of an attempt's analysis, as Observer.AICall gets them.
+const (
+	OutcomeOK          = "ok"
+	OutcomeRetryable   = "retryable"    // the job is retried (or fails if it was the last attempt)
+	OutcomePermanent   = "permanent"    // the asset fails at once
+	OutcomeBreakerOpen = "breaker_open" // not called, or counted as part of an outage: the job is snoozed
+	OutcomeCanceled    = "canceled"     // shutdown interrupted it
+)
 
 // Notifier delivers an event to every connected device of one user.
 type Notifier interface {
@@ -79,6 +103,7 @@ type Handler struct {
 	Log      *slog.Logger
 	Now      func() time.Time
 	NewID    func() string
+	Observer Observer // nil: none
 }
 
 var _ queue.Handler = (*Handler)(nil)
@@ -137,6 +162,7 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 	if p, ok := h.Analyzer.(pauser); ok {
 		if d := p.Wait(); d > 0 {
 			log.DebugContext(ctx, "AI service circuit breaker open; job snoozed", "for", d)
+			h.observeAI(OutcomeBreakerOpen, 0)
 			return queue.Snooze(errors.New("the AI service circuit breaker is open"), d)
 		}
 	}
@@ -156,18 +182,25 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 	}
 
 	start := h.Now()
+	if h.Observer != nil && a.StartedAt == nil && a.EnqueuedAt != nil {
+		h.Observer.QueueWait(start.Sub(*a.EnqueuedAt))
+	}
 	result, err := h.analyze(ctx, p)
+	analyzed := h.Now()
 	if err == nil {
-		log.InfoContext(ctx, "analysis done", "duration", h.Now().Sub(start))
-		return h.finish(ctx, log, a, job, asset.Outcome{Status: asset.StatusDraft, AIMetadata: result})
+		log.InfoContext(ctx, "analysis done", "duration", analyzed.Sub(start))
+		h.observeAI(OutcomeOK, analyzed.Sub(start))
+		return h.finish(ctx, log, a, job, asset.Outcome{Status: asset.StatusDraft, AIMetadata: result, AnalyzedAt: &analyzed})
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// Shutdown: not the image's fault. The queue puts the job back.
 		log.WarnContext(ctx, "analysis interrupted", "err", err)
+		h.observeAI(OutcomeCanceled, analyzed.Sub(start))
 		return err
 	}
 	if d, ok := ai.BreakerWait(err); ok {
 		log.DebugContext(ctx, "AI service outage; job snoozed", "for", d, "err", err)
+		h.observeAI(OutcomeBreakerOpen, analyzed.Sub(start))
 		return queue.Snooze(err, d)
 	}
 	// The job's own deadline counts as a failed attempt like any other;
@@ -177,10 +210,16 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 	permanent := ai.IsPermanent(err)
 	last := job.Attempt >= job.MaxAttempts
 	log.WarnContext(ctx, "analysis failed", "err", err, "code", ai.Code(err), "permanent", permanent, "lastAttempt", last)
+	if permanent {
+		h.observeAI(OutcomePermanent, analyzed.Sub(start))
+	} else {
+		h.observeAI(OutcomeRetryable, analyzed.Sub(start))
+	}
 	if permanent || last {
 		// The user sees the code and a message written for users; the
 		// cause (a store's or library's text) stays in the log above.
-		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: ai.UserMessage(err)}}
+		out := asset.Outcome{Status: asset.StatusFailed, Error: &asset.Error{Code: ai.Code(err), Message: ai.UserMessage(err)},
+			AnalyzedAt: &analyzed}
 		if ferr := h.finish(ctx, log, a, job, out); ferr != nil {
 			return ferr
 		}
@@ -236,8 +275,17 @@ func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, 
 		return fmt.Errorf("record outcome: %w", err)
 	}
 	log.InfoContext(ctx, "asset final", "status", done.Status, "eventId", done.EventID)
+	if h.Observer != nil {
+		h.Observer.Finished(done)
+	}
 	h.publish(ctx, log, done)
 	return nil
+}
+
+func (h *Handler) observeAI(outcome string, took time.Duration) {
+	if h.Observer != nil {
+		h.Observer.AICall(outcome, took)
+	}
 }
 
 // publish sends the owed event and clears its mark. A failure is logged and
@@ -250,8 +298,12 @@ func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset)
 		log.WarnContext(ctx, "event not sent; the relay will retry", "eventId", a.EventID, "err", err)
 		return false
 	}
-	if err := h.Store.EventSent(ctx, a.ID, a.EventID); err != nil {
+	sent := h.Now()
+	if err := h.Store.EventSent(ctx, a.ID, a.EventID, sent); err != nil {
 		log.WarnContext(ctx, "event sent but not marked; it may repeat", "eventId", a.EventID, "err", err)
+	}
+	if h.Observer != nil && a.ProcessedAt != nil {
+		h.Observer.EventSent(sent.Sub(*a.ProcessedAt))
 	}
 	return true
 }

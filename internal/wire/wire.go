@@ -89,7 +89,10 @@ func group(userID string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// NewJobs builds the job of each asset, in order.
+// NewJobs builds the job of each asset of an upload, in order, and sets
+// each asset's EnqueuedAt to its job's enqueuedAt: the intakes call it
+// just before the write that makes assets and jobs durable, so that the
+// asset row carries the instant its job was stamped.
 func NewJobs(assets []*asset.Asset, now time.Time) ([]queue.Job, error) {
 	jobs := make([]queue.Job, len(assets))
 	for i, a := range assets {
@@ -97,6 +100,10 @@ func NewJobs(assets []*asset.Asset, now time.Time) ([]queue.Job, error) {
 		if jobs[i], err = NewJob(a, now); err != nil {
 			return nil, err
 		}
+	}
+	for i, a := range assets {
+		at := jobs[i].EnqueuedAt
+		a.EnqueuedAt = &at
 	}
 	return jobs, nil
 }

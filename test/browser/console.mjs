@@ -107,9 +107,10 @@ try {
     return Promise.all([
       fetch("/api/admin/queues", { headers: h }).then((r) => r.status),
       fetch("/api/admin/jobs?state=dead", { headers: h }).then((r) => r.status),
+      fetch("/api/admin/slo", { headers: h }).then((r) => r.status),
     ]);
   });
-  assert.deepEqual(refused, [403, 403]);
+  assert.deepEqual(refused, [403, 403, 403]);
   await shoot(dev, "denied");
 
   // Signing out forgets the token and everything the session showed.
@@ -137,7 +138,33 @@ try {
   assert.equal(before.dead, 2, JSON.stringify(before));
   await ops.locator("#ready", { hasText: "ready" }).waitFor();
   await ops.locator("#chart polyline").first().waitFor({ state: "attached" });
+  // The chart starts from the server's samples, not empty: with the page's
+  // first one it has at least two.
+  const samples = Number((await ops.locator("#chart-range").textContent()).match(/^(\d+) sample/)[1]);
+  assert.ok(samples >= 2, `the chart has ${samples} sample(s); the server's history is missing`);
+
+  // The SLO panel: the plan's three targets over the last hour, measured on
+  // this run's uploads (the developer's photo and the dead jobs' assets).
+  await ops.locator("#slo-table tbody tr").nth(2).waitFor();
+  const slo = await ops.locator("#slo-table tbody tr").evaluateAll((trs) =>
+    trs.map((tr) => [...tr.children].map((c) => c.textContent)));
+  assert.deepEqual(slo.map((r) => r[0]), ["confirmation", "processing", "event"], JSON.stringify(slo));
+  assert.deepEqual(slo.map((r) => r[1]), ["p99 < 2 s", "p95 < 60 s", "p99 < 1 s"], JSON.stringify(slo));
+  for (const r of slo) {
+    assert.ok(Number(r[3]) >= 3, `${r[0]}: ${r[3]} samples, want the run's 3 uploads at least`);
+    assert.match(r[4], /^(yes|no)$/, `${r[0]}: met is ${r[4]}`);
+  }
+  assert.equal(slo[1][4], "yes", "processing under 60 s is not met on a quick run");
+  await ops.getByLabel("Window").selectOption("15m");
+  await ops.locator("#slo-at", { hasText: "upload(s) since" }).waitFor();
   await shoot(ops, "queues");
+  for (const [size, vp] of [["desktop", desktop], ["390", phone]]) {
+    await ops.setViewportSize(vp);
+    const path = join(SCREENSHOTS, `slo-${size}.png`);
+    await ops.locator("#slo").screenshot({ path });
+    console.log(`screenshot ${path}`);
+  }
+  await ops.setViewportSize(desktop);
 
   await ops.getByRole("link", { name: "Jobs" }).click();
   await ops.getByRole("heading", { name: "Jobs" }).waitFor();

@@ -71,6 +71,8 @@ func TestStoreWith(t *testing.T, newStore func(t *testing.T) (asset.Store, Capab
 		{"Processing/Pages", testProcessingPages},
 		{"BlobsInUse", testBlobsInUse},
 		{"Ping", testPing},
+		{"Timeline/Monotonic", testTimelineMonotonic},
+		{"Timeline/Window", testTimelinesWindow},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,8 +102,10 @@ func baseTime() time.Time {
 	return time.Date(2025, 3, 14, 9, 26, 53, 123_456_789, time.UTC)
 }
 
-// newAsset is a freshly uploaded asset, processing under job "job-<id>".
+// newAsset is a freshly uploaded asset, processing under job "job-<id>",
+// received 40 ms before createdAt and enqueued at it.
 func newAsset(id, userID string, createdAt time.Time) *asset.Asset {
+	received, enqueued := createdAt.Add(-40*time.Millisecond), createdAt
 	return &asset.Asset{
 		ID:              id,
 		UserID:          userID,
@@ -116,6 +120,8 @@ func newAsset(id, userID string, createdAt time.Time) *asset.Asset {
 		BlobKey:         "blobs/" + id,
 		CreatedAt:       createdAt,
 		UpdatedAt:       createdAt,
+		ReceivedAt:      &received,
+		EnqueuedAt:      &enqueued,
 	}
 }
 
@@ -229,12 +235,19 @@ func diffAsset(got, want *asset.Asset) []string {
 	if msg := diffTime(got.UpdatedAt, want.UpdatedAt); msg != "" {
 		d = append(d, "UpdatedAt: "+msg)
 	}
-	switch {
-	case (got.ProcessedAt == nil) != (want.ProcessedAt == nil):
-		add("ProcessedAt", got.ProcessedAt, want.ProcessedAt)
-	case got.ProcessedAt != nil:
-		if msg := diffTime(*got.ProcessedAt, *want.ProcessedAt); msg != "" {
-			d = append(d, "ProcessedAt: "+msg)
+	for _, f := range []struct {
+		name      string
+		got, want *time.Time
+	}{
+		{"ReceivedAt", got.ReceivedAt, want.ReceivedAt},
+		{"EnqueuedAt", got.EnqueuedAt, want.EnqueuedAt},
+		{"StartedAt", got.StartedAt, want.StartedAt},
+		{"AnalyzedAt", got.AnalyzedAt, want.AnalyzedAt},
+		{"ProcessedAt", got.ProcessedAt, want.ProcessedAt},
+		{"EventSentAt", got.EventSentAt, want.EventSentAt},
+	} {
+		if msg := diffOptTime(f.got, f.want); msg != "" {
+			d = append(d, f.name+": "+msg)
 		}
 	}
 	if got.EventID != want.EventID {
@@ -244,6 +257,19 @@ func diffAsset(got, want *asset.Asset) []string {
 		add("EventPending", got.EventPending, want.EventPending)
 	}
 	return d
+}
+
+// diffOptTime compares optional times, nil distinct from any time.
+func diffOptTime(got, want *time.Time) string {
+	switch {
+	case got == nil && want == nil:
+		return ""
+	case got == nil:
+		return fmt.Sprintf("nil, want %s", want.UTC().Truncate(time.Millisecond).Format(time.RFC3339Nano))
+	case want == nil:
+		return fmt.Sprintf("%s, want nil", got.Format(time.RFC3339Nano))
+	}
+	return diffTime(*got, *want)
 }
 
 func diffTime(got, want time.Time) string {

@@ -8,6 +8,8 @@ import (
 	"github.com/klectr/klectr/internal/asset"
 )
 
+func sentAt() time.Time { return baseTime().Add(time.Minute) }
+
 func pending(t *testing.T, s asset.Store, limit int) []*asset.Asset {
 	t.Helper()
 	as, err := s.PendingEvents(context.Background(), limit)
@@ -17,9 +19,10 @@ func pending(t *testing.T, s asset.Store, limit int) []*asset.Asset {
 	return as
 }
 
+// eventSent reports the event sent at baseTime plus a minute.
 func eventSent(t *testing.T, s asset.Store, id, eventID string) {
 	t.Helper()
-	if err := s.EventSent(context.Background(), id, eventID); err != nil {
+	if err := s.EventSent(context.Background(), id, eventID, sentAt()); err != nil {
 		t.Fatalf("EventSent(%q, %q): %v", id, eventID, err)
 	}
 }
@@ -73,6 +76,8 @@ func testEventSent(t *testing.T, s asset.Store) {
 
 	eventSent(t, s, a.ID, "evt-es-a")
 	wantA.EventPending = false
+	sent := sentAt()
+	wantA.EventSentAt = &sent
 	assertUnchanged(t, s, wantA)
 	assertUnchanged(t, s, wantB)
 	assertIDs(t, "PendingEvents after EventSent", pending(t, s, 10), []*asset.Asset{wantB})

@@ -14,7 +14,9 @@ import (
 
 // draftOutcome is a successful analysis finished at processedAt.
 func draftOutcome(processedAt time.Time, eventID string) asset.Outcome {
+	analyzed := processedAt.Add(-5 * time.Millisecond)
 	return asset.Outcome{
+		AnalyzedAt:  &analyzed,
 		Status:      asset.StatusDraft,
 		AIMetadata:  json.RawMessage(`{"provider":"builtin","width":4032,"verdict":"ok","colors":["#102030"]}`),
 		Attempts:    1,
@@ -45,6 +47,8 @@ func finished(a *asset.Asset, out asset.Outcome) *asset.Asset {
 	w.UpdatedAt = out.ProcessedAt
 	w.EventID = out.EventID
 	w.EventPending = true
+	w.AnalyzedAt = out.AnalyzedAt
+	w.EventSentAt = nil
 	return w
 }
 
@@ -61,7 +65,19 @@ func testRecordAttempt(t *testing.T, s asset.Store) {
 	want := a.Clone()
 	want.Attempts = 2
 	want.UpdatedAt = now
+	started := now
+	want.StartedAt = &started
 	assertAsset(t, "after RecordAttempt", mustGet(t, s, a.ID), want)
+
+	// A later attempt keeps the first one's start.
+	later := now.Add(3 * time.Second)
+	if err := s.RecordAttempt(ctx, a.ID, a.ProcessingJobID, 3, later); err != nil {
+		t.Fatalf("second RecordAttempt: %v", err)
+	}
+	want.Attempts = 3
+	want.UpdatedAt = later
+	assertAsset(t, "after a second RecordAttempt", mustGet(t, s, a.ID), want)
+	now = later
 
 	if err := s.RecordAttempt(ctx, a.ID, "job-other", 3, now.Add(time.Second)); !errors.Is(err, asset.ErrConflict) {
 		t.Fatalf("RecordAttempt under another job = %v, want asset.ErrConflict", err)
@@ -199,9 +215,15 @@ func testReprocess(t *testing.T, s asset.Store) {
 	t0 := baseTime()
 	a := newAsset("rp-1", "u1", t0)
 	mustCreate(t, s, a)
+	if err := s.RecordAttempt(ctx, a.ID, a.ProcessingJobID, 1, t0.Add(time.Millisecond)); err != nil {
+		t.Fatalf("RecordAttempt: %v", err)
+	}
 	out := failedOutcome(t0.Add(time.Second), "evt-rp-1")
 	out.AIMetadata = json.RawMessage(`{"partial":true}`)
 	mustFinish(t, s, a.ID, a.ProcessingJobID, out)
+	if err := s.EventSent(ctx, a.ID, "evt-rp-1", t0.Add(2*time.Second)); err != nil {
+		t.Fatalf("EventSent: %v", err)
+	}
 
 	now := t0.Add(time.Hour)
 	got, err := s.Reprocess(ctx, a.ID, "job-rp-1-retry", now)
@@ -211,6 +233,8 @@ func testReprocess(t *testing.T, s asset.Store) {
 	want := a.Clone()
 	want.ProcessingJobID = "job-rp-1-retry"
 	want.UpdatedAt = now
+	// A new run: received and enqueued now, no later timestamp.
+	want.ReceivedAt, want.EnqueuedAt = &now, &now
 	// Status processing, Attempts 0, no metadata, error, processedAt or event:
 	// the same shape as at Create.
 	assertAsset(t, "Reprocess result", got, want)

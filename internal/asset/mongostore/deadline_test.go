@@ -47,7 +47,7 @@ func TestWithDeadline(t *testing.T) {
 			return nil
 		}},
 		{"PendingEvents", func() error { _, err := s.PendingEvents(ctx, 10); return err }},
-		{"EventSent", func() error { return s.EventSent(ctx, a.ID, "e") }},
+		{"EventSent", func() error { return s.EventSent(ctx, a.ID, "e", time.Now()) }},
 		{"Reprocess", func() error { _, err := s.Reprocess(ctx, a.ID, "job-2", a.CreatedAt); return err }},
 		{"Processing", func() error { _, err := s.Processing(ctx, time.Now(), "", 10); return err }},
 		{"BlobsInUse", func() error { _, err := s.BlobsInUse(ctx, []string{a.BlobKey}); return err }},

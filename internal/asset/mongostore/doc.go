@@ -5,7 +5,8 @@
 // Documents use the JSON API's field names (_id is the asset id; userId,
 // status, processingJobId, filename, contentType, size, sha256, width,
 // height, blobKey, aiMetadata, error{code,message}, attempts, createdAt,
-// updatedAt, processedAt, eventId, eventPending), so other readers of the
+// updatedAt, processedAt, eventId, eventPending, and the pipeline timestamps
+// receivedAt, enqueuedAt, startedAt, analyzedAt, eventSentAt), so other readers of the
 // collection see what the API shows. Times are BSON dates (milliseconds);
 // aiMetadata, error and processedAt are null when unset. aiMetadata is a
 // BSON document whose keys are escaped where MongoDB refuses them (see

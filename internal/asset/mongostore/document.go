@@ -30,6 +30,23 @@ type document struct {
 	ProcessedAt     *time.Time    `bson:"processedAt"`
 	EventID         string        `bson:"eventId"`
 	EventPending    bool          `bson:"eventPending"`
+	// The pipeline timestamps (asset.Timeline). startedAt is absent, not
+	// null, until the first attempt: RecordAttempt sets it with $min,
+	// which would keep a null.
+	ReceivedAt  *time.Time `bson:"receivedAt"`
+	EnqueuedAt  *time.Time `bson:"enqueuedAt"`
+	StartedAt   *time.Time `bson:"startedAt,omitempty"`
+	AnalyzedAt  *time.Time `bson:"analyzedAt"`
+	EventSentAt *time.Time `bson:"eventSentAt"`
+}
+
+// utc is t in UTC (the driver decodes dates in local time); nil stays nil.
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 type errorDoc struct {
@@ -69,6 +86,8 @@ func (s *Store) toDocument(a *asset.Asset) (*document, error) {
 		Error: toErrorDoc(a.Error), Attempts: a.Attempts,
 		CreatedAt: a.CreatedAt, UpdatedAt: a.UpdatedAt, ProcessedAt: a.ProcessedAt,
 		EventID: a.EventID, EventPending: a.EventPending,
+		ReceivedAt: a.ReceivedAt, EnqueuedAt: a.EnqueuedAt, StartedAt: a.StartedAt,
+		AnalyzedAt: a.AnalyzedAt, EventSentAt: a.EventSentAt,
 	}, nil
 }
 
@@ -83,6 +102,8 @@ func (d *document) toAsset() (*asset.Asset, error) {
 		Width: d.Width, Height: d.Height, BlobKey: d.BlobKey, AIMetadata: meta,
 		Attempts: d.Attempts, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 		EventID: d.EventID, EventPending: d.EventPending,
+		ReceivedAt: utc(d.ReceivedAt), EnqueuedAt: utc(d.EnqueuedAt), StartedAt: utc(d.StartedAt),
+		AnalyzedAt: utc(d.AnalyzedAt), EventSentAt: utc(d.EventSentAt),
 	}
 	if d.Error != nil {
 		a.Error = &asset.Error{Code: d.Error.Code, Message: d.Error.Message}

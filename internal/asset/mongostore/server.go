@@ -66,6 +66,7 @@ var indexes = []struct {
 	{"eventPending_processedAt_id", bson.D{{Key: "eventPending", Value: 1}, {Key: "processedAt", Value: 1}, {Key: "_id", Value: 1}}},
 	{"status_id_updatedAt", bson.D{{Key: "status", Value: 1}, {Key: "_id", Value: 1}, {Key: "updatedAt", Value: 1}}},
 	{"blobKey", bson.D{{Key: "blobKey", Value: 1}}},
+	{"receivedAt", bson.D{{Key: "receivedAt", Value: -1}}},
 }
 
 // createIndexes creates the indexes the collection does not have by name.

@@ -291,13 +291,17 @@ func guard(id, jobID string) bson.D {
 	return bson.D{{Key: "_id", Value: id}, {Key: "status", Value: asset.StatusProcessing}, {Key: "processingJobId", Value: jobID}}
 }
 
-// RecordAttempt sets Attempts (and UpdatedAt) while the asset is processing
-// under jobID: asset.ErrConflict if it is not, asset.ErrNotFound if it is gone.
+// RecordAttempt sets Attempts (and UpdatedAt, and StartedAt unless set:
+// $min of an absent field) while the asset is processing under jobID:
+// asset.ErrConflict if it is not, asset.ErrNotFound if it is gone.
 func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error {
-	res, err := s.coll.UpdateOne(ctx, guard(id, jobID), bson.D{{Key: "$set", Value: bson.D{
-		{Key: "attempts", Value: attempt},
-		{Key: "updatedAt", Value: now},
-	}}})
+	res, err := s.coll.UpdateOne(ctx, guard(id, jobID), bson.D{
+		{Key: "$set", Value: bson.D{
+			{Key: "attempts", Value: attempt},
+			{Key: "updatedAt", Value: now},
+		}},
+		{Key: "$min", Value: bson.D{{Key: "startedAt", Value: now}}},
+	})
 	if err == nil && res.MatchedCount == 0 {
 		err = s.missingOrConflict(ctx, id)
 	}
@@ -331,7 +335,9 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 		{Key: "updatedAt", Value: out.ProcessedAt},
 		{Key: "eventId", Value: out.EventID},
 		{Key: "eventPending", Value: true},
-	})
+		{Key: "analyzedAt", Value: out.AnalyzedAt},
+		{Key: "eventSentAt", Value: nil},
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("mongostore: finish %s: %w", id, err)
 	}
@@ -358,19 +364,29 @@ func (s *Store) Reprocess(ctx context.Context, id, newJobID string, now time.Tim
 			{Key: "updatedAt", Value: now},
 			{Key: "eventId", Value: ""},
 			{Key: "eventPending", Value: false},
-		})
+			{Key: "receivedAt", Value: now},
+			{Key: "enqueuedAt", Value: now},
+			{Key: "analyzedAt", Value: nil},
+			{Key: "eventSentAt", Value: nil},
+		},
+		// absent, so that the next RecordAttempt's $min sets it
+		bson.D{{Key: "startedAt", Value: ""}})
 	if err != nil {
 		return nil, fmt.Errorf("mongostore: reprocess %s: %w", id, err)
 	}
 	return a, nil
 }
 
-// findOneAndUpdate sets fields on asset id if filter matches it, and
-// returns it as updated; when filter matches nothing, asset.ErrNotFound or
-// asset.ErrConflict.
-func (s *Store) findOneAndUpdate(ctx context.Context, id string, filter, set bson.D) (*asset.Asset, error) {
+// findOneAndUpdate sets fields on asset id (and unsets those of unset, if
+// any) if filter matches it, and returns it as updated; when filter matches
+// nothing, asset.ErrNotFound or asset.ErrConflict.
+func (s *Store) findOneAndUpdate(ctx context.Context, id string, filter, set, unset bson.D) (*asset.Asset, error) {
 	var d document
-	err := s.coll.FindOneAndUpdate(ctx, filter, bson.D{{Key: "$set", Value: set}},
+	update := bson.D{{Key: "$set", Value: set}}
+	if len(unset) > 0 {
+		update = append(update, bson.E{Key: "$unset", Value: unset})
+	}
+	err := s.coll.FindOneAndUpdate(ctx, filter, update,
 		options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&d)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil, s.missingOrConflict(ctx, id)
@@ -396,12 +412,12 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, e
 	return as, nil
 }
 
-// EventSent clears the owed mark if eventID is still the owed event; a
-// stale id, a repeat or a deleted asset is not an error.
-func (s *Store) EventSent(ctx context.Context, id, eventID string) error {
+// EventSent clears the owed mark, recording sentAt, if eventID is still the
+// owed event; a stale id, a repeat or a deleted asset is not an error.
+func (s *Store) EventSent(ctx context.Context, id, eventID string, sentAt time.Time) error {
 	_, err := s.coll.UpdateOne(ctx,
 		bson.D{{Key: "_id", Value: id}, {Key: "eventId", Value: eventID}, {Key: "eventPending", Value: true}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "eventPending", Value: false}}}})
+		bson.D{{Key: "$set", Value: bson.D{{Key: "eventPending", Value: false}, {Key: "eventSentAt", Value: sentAt}}}})
 	if err != nil {
 		return fmt.Errorf("mongostore: event sent %s: %w", id, err)
 	}
@@ -459,6 +475,32 @@ func (s *Store) BlobsInUse(ctx context.Context, keys []string) (map[string]bool,
 		used[d.BlobKey] = true
 	}
 	return used, nil
+}
+
+// Timelines returns the timelines of up to limit assets received at or
+// after since, newest first (index receivedAt). A document without a
+// receivedAt date (stored before it existed) does not match $gte.
+func (s *Store) Timelines(ctx context.Context, since time.Time, limit int) ([]asset.Timeline, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("mongostore: timelines: limit %d is not positive", limit)
+	}
+	cur, err := s.coll.Find(ctx, bson.D{{Key: "receivedAt", Value: bson.D{{Key: "$gte", Value: since}}}},
+		options.Find().SetSort(bson.D{{Key: "receivedAt", Value: -1}}).SetLimit(int64(limit)).
+			SetProjection(bson.D{{Key: "receivedAt", Value: 1}, {Key: "enqueuedAt", Value: 1}, {Key: "startedAt", Value: 1},
+				{Key: "analyzedAt", Value: 1}, {Key: "processedAt", Value: 1}, {Key: "eventSentAt", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("mongostore: timelines: %w", err)
+	}
+	var docs []document
+	if err := cur.All(ctx, &docs); err != nil {
+		return nil, fmt.Errorf("mongostore: timelines: %w", err)
+	}
+	out := make([]asset.Timeline, len(docs))
+	for i, d := range docs {
+		out[i] = asset.Timeline{ReceivedAt: utc(d.ReceivedAt), EnqueuedAt: utc(d.EnqueuedAt), StartedAt: utc(d.StartedAt),
+			AnalyzedAt: utc(d.AnalyzedAt), ProcessedAt: utc(d.ProcessedAt), EventSentAt: utc(d.EventSentAt)}
+	}
+	return out, nil
 }
 
 // missingOrConflict explains why a guarded update matched no document.

@@ -50,7 +50,7 @@ func TestWorkerWritesShareACommit(t *testing.T) {
 			results <- result{"conflict " + a.ID, err}
 		})
 		wg.Go(func() {
-			err := s.EventSent(ctx, fmt.Sprint("missing-", i), "evt")
+			err := s.EventSent(ctx, fmt.Sprint("missing-", i), "evt", time.Now())
 			results <- result{"event sent of a missing asset", err}
 		})
 		wg.Go(func() {
@@ -108,7 +108,7 @@ func TestWorkerWritesShareACommit(t *testing.T) {
 	if err != nil || got.Status != asset.StatusDraft || !got.EventPending {
 		t.Fatalf("Finish = %+v, %v", got, err)
 	}
-	if err := s.EventSent(ctx, as[0].ID, "evt-0"); err != nil {
+	if err := s.EventSent(ctx, as[0].ID, "evt-0", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.Get(ctx, as[0].ID); got.EventPending {

@@ -52,7 +52,8 @@ type querier interface {
 
 const columns = `id, user_id, status, processing_job_id, filename, content_type,
 	size, sha256, width, height, blob_key, ai_metadata, error_code, error_message,
-	attempts, created_at, updated_at, processed_at, event_id, event_pending`
+	attempts, created_at, updated_at, processed_at, event_id, event_pending,
+	received_at, enqueued_at, started_at, analyzed_at, event_sent_at`
 
 // Create inserts all assets in one transaction, or none.
 func (s *Store) Create(ctx context.Context, assets ...*asset.Asset) error {
@@ -86,16 +87,12 @@ func insert(ctx context.Context, q querier, a *asset.Asset) error {
 	if a.Error != nil {
 		errCode, errMsg = &a.Error.Code, &a.Error.Message
 	}
-	var processed *int64
-	if a.ProcessedAt != nil {
-		ms := a.ProcessedAt.UnixMilli()
-		processed = &ms
-	}
 	_, err := q.ExecContext(ctx, `INSERT INTO assets (`+columns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		a.ID, a.UserID, string(a.Status), a.ProcessingJobID, a.Filename, a.ContentType,
 		a.Size, a.SHA256, a.Width, a.Height, a.BlobKey, jsonText(a.AIMetadata), errCode, errMsg,
-		a.Attempts, a.CreatedAt.UnixMilli(), a.UpdatedAt.UnixMilli(), processed, a.EventID, a.EventPending)
+		a.Attempts, a.CreatedAt.UnixMilli(), a.UpdatedAt.UnixMilli(), millis(a.ProcessedAt), a.EventID, a.EventPending,
+		millis(a.ReceivedAt), millis(a.EnqueuedAt), millis(a.StartedAt), millis(a.AnalyzedAt), millis(a.EventSentAt))
 	if isUniqueViolation(err) {
 		return fmt.Errorf("sqlitestore: create %s: %w", a.ID, asset.ErrDuplicate)
 	}
@@ -176,14 +173,17 @@ func (s *Store) List(ctx context.Context, userID string, q asset.ListQuery) (ass
 	return page, nil
 }
 
-// RecordAttempt sets Attempts (and UpdatedAt) while the asset is processing
-// under jobID: asset.ErrConflict if it is not, asset.ErrNotFound if it is gone.
-// It commits together with concurrent callers' writes (see groupWriter).
+// RecordAttempt sets Attempts (and UpdatedAt, and StartedAt unless set)
+// while the asset is processing under jobID: asset.ErrConflict if it is not,
+// asset.ErrNotFound if it is gone. It commits together with concurrent
+// callers' writes (see groupWriter).
 func (s *Store) RecordAttempt(ctx context.Context, id, jobID string, attempt int, now time.Time) error {
 	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE assets SET attempts = ?, updated_at = ?
+		ms := now.UnixMilli()
+		res, err := tx.ExecContext(ctx, `UPDATE assets SET attempts = ?, updated_at = ?,
+				started_at = coalesce(started_at, ?)
 			WHERE id = ? AND status = 'processing' AND processing_job_id = ?`,
-			attempt, now.UnixMilli(), id, jobID)
+			attempt, ms, ms, id, jobID)
 		if err != nil {
 			return err
 		}
@@ -262,11 +262,12 @@ func finishRow(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outc
 	ms := out.ProcessedAt.UnixMilli()
 	return scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
 			status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
-			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1
+			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1,
+			analyzed_at = ?, event_sent_at = NULL
 		WHERE id = ? AND status = 'processing' AND processing_job_id = ?
 		RETURNING `+columns,
 		string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
-		ms, ms, out.EventID, id, jobID))
+		ms, ms, out.EventID, millis(out.AnalyzedAt), id, jobID))
 }
 
 // noRow explains, as a domainError, why a guarded update in a group
@@ -300,13 +301,15 @@ func (s *Store) ReprocessTx(ctx context.Context, tx *sql.Tx, id, newJobID string
 	if newJobID == "" {
 		return nil, fmt.Errorf("sqlitestore: reprocess %s: empty job id", id)
 	}
+	ms := now.UnixMilli()
 	a, err := scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
 			status = 'processing', processing_job_id = ?, ai_metadata = NULL,
 			error_code = NULL, error_message = NULL, attempts = 0, processed_at = NULL,
-			updated_at = ?, event_id = '', event_pending = 0
+			updated_at = ?, event_id = '', event_pending = 0,
+			received_at = ?, enqueued_at = ?, started_at = NULL, analyzed_at = NULL, event_sent_at = NULL
 		WHERE id = ? AND status = 'failed'
 		RETURNING `+columns,
-		newJobID, now.UnixMilli(), id))
+		newJobID, ms, ms, ms, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		err = missingOrConflict(ctx, tx, id)
 	}
@@ -330,14 +333,14 @@ func (s *Store) PendingEvents(ctx context.Context, limit int) ([]*asset.Asset, e
 	return as, nil
 }
 
-// EventSent clears the owed mark if eventID is still the owed event; a
-// stale id (the asset was reprocessed and finished again), a repeat or a
-// deleted asset is not an error. It commits together with concurrent
-// callers' writes (see groupWriter).
-func (s *Store) EventSent(ctx context.Context, id, eventID string) error {
+// EventSent clears the owed mark, recording sentAt, if eventID is still the
+// owed event; a stale id (the asset was reprocessed and finished again), a
+// repeat or a deleted asset is not an error. It commits together with
+// concurrent callers' writes (see groupWriter).
+func (s *Store) EventSent(ctx context.Context, id, eventID string, sentAt time.Time) error {
 	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE assets SET event_pending = 0
-			WHERE id = ? AND event_id = ? AND event_pending = 1`, id, eventID)
+		_, err := tx.ExecContext(ctx, `UPDATE assets SET event_pending = 0, event_sent_at = ?
+			WHERE id = ? AND event_id = ? AND event_pending = 1`, sentAt.UnixMilli(), id, eventID)
 		return err
 	})
 	if err != nil {
@@ -414,12 +417,13 @@ func scanAsset(sc scanner) (*asset.Asset, error) {
 		aiMetadata       sql.NullString
 		errCode, errMsg  sql.NullString
 		created, updated int64
-		processed        sql.NullInt64
 		eventPending     int64
+		tl               [6]sql.NullInt64 // processed, received, enqueued, started, analyzed, event sent
 	)
 	if err := sc.Scan(&a.ID, &a.UserID, &status, &a.ProcessingJobID, &a.Filename, &a.ContentType,
 		&a.Size, &a.SHA256, &a.Width, &a.Height, &a.BlobKey, &aiMetadata, &errCode, &errMsg,
-		&a.Attempts, &created, &updated, &processed, &a.EventID, &eventPending); err != nil {
+		&a.Attempts, &created, &updated, &tl[0], &a.EventID, &eventPending,
+		&tl[1], &tl[2], &tl[3], &tl[4], &tl[5]); err != nil {
 		return nil, err
 	}
 	a.Status = asset.Status(status)
@@ -431,10 +435,8 @@ func scanAsset(sc scanner) (*asset.Asset, error) {
 	}
 	a.CreatedAt = fromMillis(created)
 	a.UpdatedAt = fromMillis(updated)
-	if processed.Valid {
-		p := fromMillis(processed.Int64)
-		a.ProcessedAt = &p
-	}
+	a.ProcessedAt, a.ReceivedAt, a.EnqueuedAt = timeOf(tl[0]), timeOf(tl[1]), timeOf(tl[2])
+	a.StartedAt, a.AnalyzedAt, a.EventSentAt = timeOf(tl[3]), timeOf(tl[4]), timeOf(tl[5])
 	a.EventPending = eventPending != 0
 	return &a, nil
 }
@@ -457,6 +459,52 @@ func queryAssets(ctx context.Context, q querier, query string, args ...any) ([]*
 }
 
 func fromMillis(ms int64) time.Time { return time.UnixMilli(ms).UTC() }
+
+func timeOf(ms sql.NullInt64) *time.Time {
+	if !ms.Valid {
+		return nil
+	}
+	t := fromMillis(ms.Int64)
+	return &t
+}
+
+// millis binds an optional time (nil: NULL).
+func millis(t *time.Time) *int64 {
+	if t == nil {
+		return nil
+	}
+	ms := t.UnixMilli()
+	return &ms
+}
+
+// Timelines returns the timelines of up to limit assets received at or
+// after since, newest first (index assets_received).
+func (s *Store) Timelines(ctx context.Context, since time.Time, limit int) ([]asset.Timeline, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("sqlitestore: timelines: limit %d is not positive", limit)
+	}
+	rows, err := s.db.Read.QueryContext(ctx, `SELECT received_at, enqueued_at, started_at,
+			analyzed_at, processed_at, event_sent_at
+		FROM assets WHERE received_at IS NOT NULL AND received_at >= ?
+		ORDER BY received_at DESC LIMIT ?`, since.UnixMilli(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: timelines: %w", err)
+	}
+	defer rows.Close()
+	out := []asset.Timeline{}
+	for rows.Next() {
+		var v [6]sql.NullInt64
+		if err := rows.Scan(&v[0], &v[1], &v[2], &v[3], &v[4], &v[5]); err != nil {
+			return nil, fmt.Errorf("sqlitestore: timelines: %w", err)
+		}
+		out = append(out, asset.Timeline{ReceivedAt: timeOf(v[0]), EnqueuedAt: timeOf(v[1]), StartedAt: timeOf(v[2]),
+			AnalyzedAt: timeOf(v[3]), ProcessedAt: timeOf(v[4]), EventSentAt: timeOf(v[5])})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: timelines: %w", err)
+	}
+	return out, nil
+}
 
 // Processing returns up to limit processing assets last updated before
 // updatedBefore with an id after afterID, in id order.

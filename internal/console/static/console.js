@@ -215,7 +215,7 @@
 
   // --- operator views -------------------------------------------------------
 
-  const series = []; // {t, counts} sampled since this page was opened
+  const series = []; // {t, counts}: the server's last hour, then this page's samples
   let timer = null, last = null, sampling = false;
   const shown = new Set(["pending", "active", "retrying", "dead"]);
 
@@ -226,10 +226,14 @@
     if (sampling) return; // the previous one is still waiting
     sampling = true;
     try {
-      const r = await api("GET", "/api/admin/queues");
+      // The first request also takes the server's last hour for the chart.
+      const r = await api("GET", series.length ? "/api/admin/queues" : "/api/admin/queues?history=1h");
       if (r.status !== 200) { $("#counts-at").textContent = `(not updated: ${message(r)})`; return; }
       const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
       for (const q of r.data.queues) for (const s of STATES) counts[s] += q.counts[s] || 0;
+      for (const h of r.data.history || []) {
+        series.push({ t: Date.parse(h.at), counts: Object.fromEntries(STATES.map((s) => [s, h.counts[s] || 0])) });
+      }
       const now = Date.now();
       series.push({ t: now, counts });
       while (series.length && series[0].t < now - HOUR) series.shift();
@@ -254,7 +258,31 @@
     }
     drawChart();
     health();
+    if (Date.now() - sloAt > 60e3) slo();
   }
+
+  // The SLO panel: fetched when the view opens (at most once a minute) and
+  // on Refresh; the store does the work, so it is not polled.
+  let sloAt = 0;
+  async function slo() {
+    sloAt = Date.now();
+    const w = $("#slo-window").value;
+    const r = await api("GET", `/api/admin/slo?window=${encodeURIComponent(w)}`);
+    if (r.status !== 200) { $("#slo-at").textContent = `(not available: ${message(r)})`; return; }
+    const secs = (v) => (v < 1 ? `${Math.round(v * 1000)} ms` : Number.isInteger(v) ? `${v} s` : `${v.toFixed(2)} s`);
+    $("#slo-table tbody").replaceChildren(...r.data.objectives.map((o) => {
+      const met = o.met === null ? "no data" : o.met ? "yes" : "no";
+      return el("tr", {},
+        el("th", { scope: "row", textContent: o.name, title: o.description }),
+        el("td", { textContent: `p${o.percentile} < ${secs(o.targetSeconds)}` }),
+        el("td", { textContent: o.valueSeconds === null ? "—" : secs(o.valueSeconds) }),
+        el("td", { textContent: String(o.samples) }),
+        el("td", { textContent: met, className: o.met === null ? "" : o.met ? "ok" : "bad" }));
+    }));
+    $("#slo-at").textContent = `(${r.data.sampled} upload(s) since ${new Date(r.data.from).toLocaleString()}${r.data.truncated ? "; capped at the newest " + r.data.sampleLimit : ""})`;
+  }
+  $("#slo-form").addEventListener("submit", (e) => { e.preventDefault(); slo(); });
+  $("#slo-window").addEventListener("change", () => slo());
 
   let healthAt = 0;
   async function health() {
