@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
@@ -95,6 +96,9 @@ type Deps struct {
 	AIBreaker func() ai.BreakerState
 	// Events is the users' event log, for GET /api/events; nil: no route.
 	Events eventlog.Reader
+	// Tracer starts a span for each request that enqueues a job (uploads
+	// and retries) and for its intake commit; nil: no spans, at no cost.
+	Tracer trace.Tracer
 }
 
 // Check is one dependency that /readyz reports by name (store, queue, bus,
@@ -152,10 +156,10 @@ func (s *Server) routes() {
 	user := func(h http.HandlerFunc) http.Handler { return s.Keys.Middleware(s.unauthorized, h) }
 	admin := func(h http.HandlerFunc) http.Handler { return user(s.requireAdmin(h)) }
 
-	s.mux.Handle("POST /api/assets/analyze-queue", user(s.analyzeQueue))
+	s.mux.Handle("POST /api/assets/analyze-queue", s.traced("POST /api/assets/analyze-queue", user(s.analyzeQueue)))
 	s.mux.Handle("GET /api/assets", user(s.listAssets))
 	s.mux.Handle("GET /api/assets/{id}", user(s.getAsset))
-	s.mux.Handle("POST /api/assets/{id}/retry", user(s.retryAsset))
+	s.mux.Handle("POST /api/assets/{id}/retry", s.traced("POST /api/assets/{id}/retry", user(s.retryAsset)))
 	if s.Events != nil {
 		s.mux.Handle("GET /api/events", user(s.listEvents))
 	}
