@@ -19,6 +19,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // DefaultTimeout is the per-request timeout when ClientConfig.Timeout is unset
@@ -155,6 +157,10 @@ func (c *Client) Analyze(ctx context.Context, img Image) (json.RawMessage, error
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	// The W3C traceparent of the caller's span, so that the service's own
+	// spans join the asset's trace; nothing is sent without a span
+	// (tracing off).
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
 
 	start := c.now()
 	resp, err := c.hc.Do(req)
@@ -162,7 +168,7 @@ func (c *Client) Analyze(ctx context.Context, img Image) (json.RawMessage, error
 		if werr := finish(); werr != nil {
 			err = werr
 		}
-		return nil, c.fail(img, start, c.transportError(parent, ctx, err))
+		return nil, c.fail(parent, img, start, c.transportError(parent, ctx, err))
 	}
 	result, err := c.readResponse(parent, ctx, resp)
 	if werr := finish(); werr != nil && err == nil {
@@ -171,13 +177,13 @@ func (c *Client) Analyze(ctx context.Context, img Image) (json.RawMessage, error
 		err = readImageError(werr)
 	}
 	if err != nil {
-		return nil, c.fail(img, start, err)
+		return nil, c.fail(parent, img, start, err)
 	}
 	return result, nil
 }
 
-func (c *Client) fail(img Image, start time.Time, err error) error {
-	c.log.Debug("ai service request failed",
+func (c *Client) fail(ctx context.Context, img Image, start time.Time, err error) error {
+	c.log.DebugContext(ctx, "ai service request failed",
 		"assetId", img.AssetID,
 		"code", Code(err),
 		"permanent", IsPermanent(err),

@@ -17,6 +17,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/klectr/klectr/internal/ai"
 )
 
@@ -601,5 +603,41 @@ func checkSafeMessage(t *testing.T, msg, want string) {
 	}
 	if !strings.Contains(msg, want) || !strings.Contains(msg, "[redacted]") {
 		t.Errorf("message %q does not quote %q with the token redacted", msg, want)
+	}
+}
+
+// A call made under a span sends its W3C traceparent, so that the AI
+// service's spans join the asset's trace; one made without a span (tracing
+// off) sends none.
+func TestClientSendsTraceparent(t *testing.T) {
+	t.Parallel()
+	seen := make(chan http.Header, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, `{"label":"card"}`)
+	}))
+	defer srv.Close()
+	c := newClient(t, srv.URL, "", 5*time.Second, nil)
+	img := randomBytes(t, 1<<10)
+	analyze := func(ctx context.Context) http.Header {
+		t.Helper()
+		if _, err := c.Analyze(ctx, ai.Image{AssetID: "01JASSET", ContentType: "image/png", Size: int64(len(img)), Body: bytes.NewReader(img)}); err != nil {
+			t.Fatalf("Analyze: %v", err)
+		}
+		return <-seen
+	}
+
+	if h := analyze(t.Context()); h.Get("Traceparent") != "" || h.Get("Tracestate") != "" {
+		t.Fatalf("a call without a span sent traceparent %q", h.Get("Traceparent"))
+	}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:     trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+		TraceFlags: trace.FlagsSampled,
+	})
+	h := analyze(trace.ContextWithSpanContext(t.Context(), sc))
+	if got, want := h.Get("Traceparent"), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"; got != want {
+		t.Fatalf("traceparent %q, want %q", got, want)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/auth"
@@ -53,7 +54,10 @@ const shutdownTimeout = 25 * time.Second
 //  3. the queue stops taking jobs and lets running ones finish; one still
 //     running at the deadline is cancelled and put back, never lost;
 //  4. the sweeps stop (a sweep in progress is cancelled);
-//  5. the backends close (intake, database or MongoDB, Redis, S3).
+//  5. the backends close (intake, database or MongoDB, Redis, S3);
+//  6. with tracing on, the spans still buffered are exported (at most
+//     traceFlushTimeout) and the exporter closes: every span, the last
+//     jobs' and the relay's included, has ended by then.
 func runServer(ctx context.Context, m mode, args []string, getenv func(string) string, stderr io.Writer) error {
 	cfg, rest, err := config.Load(string(m), args, getenv, stderr, nil)
 	if err != nil {
@@ -63,6 +67,14 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		return usageErr("unexpected arguments %q", rest)
 	}
 	log := newLogger(cfg, stderr)
+	tracer, stopTracing, err := newTracer(ctx, cfg, m, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // deferred first: runs after the backends close
+	if tracer != nil {
+		log = slog.New(traceLog{log.Handler()})
+	}
 	secret, err := jwtSecret(cfg, log)
 	if err != nil {
 		return err
@@ -83,6 +95,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 		Log:      log.With("component", "pipeline"),
 		Now:      time.Now,
 		NewID:    newIDs(),
+		Tracer:   tracer,
 	}
 	qo := queueOptions{single: m == modeServe && cfg.Embedded()}
 	if m.worker() {
@@ -119,7 +132,7 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	if m.worker() {
 		sweeps = newSweeps(handler, b, qo.single, time.Now(), cfg.EventRetention, log)
 	}
-	srv := newHTTPServer(m, cfg, b, keys, rt, breaker, log)
+	srv := newHTTPServer(m, cfg, b, keys, rt, breaker, tracer, log)
 	handler.Observer = srv.metrics // before the queue starts: no job runs yet
 
 	if err := rt.Start(context.WithoutCancel(ctx)); err != nil {
@@ -195,7 +208,7 @@ const (
 	historyLen   = int(time.Hour / historyEvery)
 )
 
-func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, breaker *ai.Breaker, log *slog.Logger) *httpServer {
+func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt *realtime.Server, breaker *ai.Breaker, tracer trace.Tracer, log *slog.Logger) *httpServer {
 	var sockets func() int
 	if m.api() {
 		sockets = rt.ConnectedSockets
@@ -215,6 +228,7 @@ func newHTTPServer(m mode, cfg *config.Config, b *backends, keys *auth.Keys, rt 
 		NewID:   newIDs(),
 		Ready:   b.ready,
 		Metrics: mx.handler(),
+		Tracer:  tracer,
 	}
 	if breaker != nil {
 		deps.AIBreaker = breaker.State

@@ -51,6 +51,11 @@ type Config struct {
 	LogFormat string // json or text
 
 	PprofAddr string // loopback address of net/http/pprof; "": off
+
+	// OTLPEndpoint is the OTLP/HTTP collector's base URL; "": tracing off.
+	OTLPEndpoint string
+	// ServiceName is the traces' service.name. Defaults to "klectr".
+	ServiceName string
 }
 
 // setting is one variable, its flag name, default and parser.
@@ -195,6 +200,23 @@ var settings = []setting{
 			return errors.New("must be a loopback host:port such as 127.0.0.1:6060 or localhost:6060: profiles expose the process's memory and must not be reachable from the network")
 		}
 		c.PprofAddr = v
+		return nil
+	}},
+	{"OTEL_EXPORTER_OTLP_ENDPOINT", "", "OpenTelemetry collector base URL (OTLP over HTTP, e.g. http://localhost:4318); spans go to {url}/v1/traces (unset: tracing off)", func(c *Config, v string) error {
+		if v != "" {
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+				return errors.New("must be an http(s) URL such as http://localhost:4318")
+			}
+		}
+		c.OTLPEndpoint = v
+		return nil
+	}},
+	{"OTEL_SERVICE_NAME", "klectr", "service.name of the traces", func(c *Config, v string) error {
+		if v == "" {
+			return errors.New("must not be empty")
+		}
+		c.ServiceName = v
 		return nil
 	}},
 }

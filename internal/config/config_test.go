@@ -29,6 +29,7 @@ func TestLoadDefaults(t *testing.T) {
 		MaxFiles: 10, MaxFileBytes: 10 << 20, MaxPixels: 50_000_000, UploadRate: 120,
 		EventRetention: eventlog.DefaultRetention,
 		LogLevel:       slog.LevelInfo, LogFormat: "json",
+		ServiceName: "klectr",
 	}
 	if *c != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", *c, want)
@@ -179,6 +180,21 @@ func TestPprofAddrIsLoopbackOnly(t *testing.T) {
 	for _, v := range []string{":6060", "0.0.0.0:6060", "[::]:6060", "10.0.0.1:6060", "example.com:6060", "127.0.0.1", "localhost"} {
 		if _, _, err := Load("serve", []string{"-pprof-addr", v}, env(nil), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "PPROF_ADDR") {
 			t.Errorf("%q: err = %v, want one naming PPROF_ADDR", v, err)
+		}
+	}
+}
+
+// Tracing is off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; a value that
+// is not an http(s) URL stops start-up naming the variable.
+func TestOTLPEndpoint(t *testing.T) {
+	t.Parallel()
+	c, _, err := Load("serve", nil, env(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "klectr-eu"}), io.Discard, nil)
+	if err != nil || c.OTLPEndpoint != "http://collector:4318" || c.ServiceName != "klectr-eu" {
+		t.Fatalf("OTLPEndpoint %q, ServiceName %q, err %v", c.OTLPEndpoint, c.ServiceName, err)
+	}
+	for _, v := range []string{"collector:4318", "grpc://collector:4317", "http://", "http://c:4318/?x=1"} {
+		if _, _, err := Load("serve", []string{"-otel-exporter-otlp-endpoint", v}, env(nil), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_ENDPOINT") {
+			t.Errorf("%q: err = %v, want one naming OTEL_EXPORTER_OTLP_ENDPOINT", v, err)
 		}
 	}
 }

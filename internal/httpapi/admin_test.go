@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"testing"
@@ -19,7 +20,7 @@ func newJobInfo(t *testing.T, st queue.State) queue.Info {
 	t.Helper()
 	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 	a := newAsset("u1", asset.StatusProcessing, at)
-	job, err := wire.NewJob(a, at)
+	job, err := wire.NewJob(context.Background(), a, at)
 	if err != nil {
 		t.Fatal(err)
 	}

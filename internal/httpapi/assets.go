@@ -149,7 +149,9 @@ func (s *Server) retryAsset(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(codeConflict, "asset %s is %s; only a failed asset can be retried", a.ID, a.Status))
 		return
 	}
-	updated, err := s.Intake.Resubmit(r.Context(), a.ID, s.NewID())
+	cctx, commit := s.startCommit(r.Context(), []*asset.Asset{a})
+	updated, err := s.Intake.Resubmit(cctx, a.ID, s.NewID())
+	endSpan(commit, err)
 	switch {
 	case errors.Is(err, asset.ErrConflict):
 		s.writeError(w, r, errorf(codeConflict, "asset %s is no longer failed", a.ID))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
@@ -102,6 +103,9 @@ type Deps struct {
 	// taken at or after since, oldest first, for GET
 	// /api/admin/queues?history=; nil: none kept.
 	QueueHistory func(since time.Time) []queue.Sample
+	// Tracer starts a span for each request that enqueues a job (uploads
+	// and retries) and for its intake commit; nil: no spans, at no cost.
+	Tracer trace.Tracer
 }
 
 // Timelines is what the SLO report reads of the asset store
@@ -165,10 +169,10 @@ func (s *Server) routes() {
 	user := func(h http.HandlerFunc) http.Handler { return s.Keys.Middleware(s.unauthorized, h) }
 	admin := func(h http.HandlerFunc) http.Handler { return user(s.requireAdmin(h)) }
 
-	s.mux.Handle("POST /api/assets/analyze-queue", user(s.analyzeQueue))
+	s.mux.Handle("POST /api/assets/analyze-queue", s.traced("POST /api/assets/analyze-queue", user(s.analyzeQueue)))
 	s.mux.Handle("GET /api/assets", user(s.listAssets))
 	s.mux.Handle("GET /api/assets/{id}", user(s.getAsset))
-	s.mux.Handle("POST /api/assets/{id}/retry", user(s.retryAsset))
+	s.mux.Handle("POST /api/assets/{id}/retry", s.traced("POST /api/assets/{id}/retry", user(s.retryAsset)))
 	if s.Events != nil {
 		s.mux.Handle("GET /api/events", user(s.listEvents))
 	}

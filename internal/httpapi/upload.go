@@ -115,8 +115,11 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 		assets[i] = a
 	}
 	body := acceptedBody(assets)
+	cctx, commit := s.startCommit(ctx, assets)
 	if key == "" {
-		if err := s.Intake.Submit(ctx, assets); err != nil {
+		err := s.Intake.Submit(cctx, assets)
+		endSpan(commit, err)
+		if err != nil {
 			s.writeError(w, r, internalError(codeUnavailable, err))
 			return
 		}
@@ -127,7 +130,8 @@ func (s *Server) analyzeQueue(w http.ResponseWriter, r *http.Request) {
 		}
 		c := idempotency.Claim{UserID: user, Key: key, Fingerprint: idempotency.Fingerprint(user, fp), Response: body, At: now}
 		keyLog := idempotency.LogID(user, key)
-		prior, err := s.Intake.SubmitOnce(ctx, assets, c)
+		prior, err := s.Intake.SubmitOnce(cctx, assets, c)
+		endSpan(commit, err)
 		switch {
 		case errors.Is(err, idempotency.ErrReused):
 			s.log.InfoContext(ctx, "idempotency key reused with another body", "userId", user, "idempotencyKey", keyLog)

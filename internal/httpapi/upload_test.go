@@ -154,7 +154,7 @@ func checkAccepted(t *testing.T, e *env, user string, files []upFile, r reply) {
 		if a.ProcessingJobID == "" || a.ID == "" || a.ID == a.ProcessingJobID {
 			t.Errorf("file %d: ids %q/%q", i, a.ID, a.ProcessingJobID)
 		}
-		job, err := wire.NewJob(a, e.now)
+		job, err := wire.NewJob(context.Background(), a, e.now)
 		if err != nil {
 			t.Fatalf("file %d: %v", i, err)
 		}

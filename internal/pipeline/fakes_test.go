@@ -392,7 +392,7 @@ func (e *env) newAsset() (*asset.Asset, *queue.Job) {
 		Width: 150, Height: 103, BlobKey: key, CreatedAt: now, UpdatedAt: now,
 	}
 	e.store.put(a)
-	job, err := wire.NewJob(a, now)
+	job, err := wire.NewJob(context.Background(), a, now)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -34,6 +34,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/klectr/klectr/internal/ai"
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/blob"
@@ -104,6 +107,9 @@ type Handler struct {
 	Now      func() time.Time
 	NewID    func() string
 	Observer Observer // nil: none
+	// Tracer starts the spans of each attempt (see SpanAttempt); nil: no
+	// spans, at no cost.
+	Tracer trace.Tracer
 }
 
 var _ queue.Handler = (*Handler)(nil)
@@ -150,13 +156,21 @@ func NewEvent(a *asset.Asset) Event {
 	return ev
 }
 
-// ProcessJob analyses the job's image and records the outcome.
+// ProcessJob analyses the job's image and records the outcome, under the
+// attempt's span.
 func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 	p, err := DecodePayload(job)
 	if err != nil {
 		h.Log.ErrorContext(ctx, "undecodable job dropped", "jobId", job.ID, "err", err)
 		return queue.Permanent(err)
 	}
+	ctx, span := h.startAttempt(ctx, job, p)
+	err = h.process(ctx, job, p)
+	endAttempt(span, job, err)
+	return err
+}
+
+func (h *Handler) process(ctx context.Context, job *queue.Job, p Payload) error {
 	log := h.Log.With("jobId", job.ID, "assetId", p.AssetID, "userId", p.UserID, "attempt", job.Attempt)
 
 	if p, ok := h.Analyzer.(pauser); ok {
@@ -235,7 +249,9 @@ func (h *Handler) ProcessJob(ctx context.Context, job *queue.Job) error {
 }
 
 func (h *Handler) analyze(ctx context.Context, p Payload) (json.RawMessage, error) {
-	rc, err := h.Blobs.Open(ctx, p.BlobKey)
+	bctx, span := h.span(ctx, SpanBlobRead, trace.SpanKindInternal)
+	rc, err := h.Blobs.Open(bctx, p.BlobKey)
+	endSpan(span, err)
 	if errors.Is(err, blob.ErrNotFound) {
 		return nil, &ai.Error{Code: ai.CodeImageUnreadable, Message: "the stored image is missing", Permanent: true, Err: err}
 	}
@@ -243,14 +259,19 @@ func (h *Handler) analyze(ctx context.Context, p Payload) (json.RawMessage, erro
 		return nil, &ai.Error{Code: ai.CodeImageUnreadable, Message: "the stored image cannot be read now", Err: err}
 	}
 	defer rc.Close()
-	result, err := h.Analyzer.Analyze(ctx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+	actx, span := h.span(ctx, SpanAnalyze, trace.SpanKindClient)
+	result, err := h.Analyzer.Analyze(actx, ai.Image{AssetID: p.AssetID, ContentType: p.ContentType, Size: p.Size, Body: rc})
+	if err == nil {
+		// Whatever the Analyzer, the store gets only a result validated and
+		// re-encoded here: a store refusing it would look like a transient
+		// failure and have the AI called again on every retry.
+		result, err = ai.ParseResponse(result)
+	}
+	endSpan(span, err)
 	if err != nil {
 		return nil, err
 	}
-	// Whatever the Analyzer, the store gets only a result validated and
-	// re-encoded here: a store refusing it would look like a transient
-	// failure and have the AI called again on every retry.
-	return ai.ParseResponse(result)
+	return result, nil
 }
 
 // finish records the final state with its owed event, then publishes it.
@@ -278,6 +299,7 @@ func (h *Handler) finish(ctx context.Context, log *slog.Logger, a *asset.Asset, 
 	if h.Observer != nil {
 		h.Observer.Finished(done)
 	}
+	setOutcome(ctx, string(done.Status))
 	h.publish(ctx, log, done)
 	return nil
 }
@@ -294,7 +316,14 @@ func (h *Handler) observeAI(outcome string, took time.Duration) {
 func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), PublishTimeout)
 	defer cancel()
-	if err := h.Notifier.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a)); err != nil {
+	ctx, span := h.span(ctx, SpanPublish, trace.SpanKindProducer)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("eventId", a.EventID), attribute.String("assetId", a.ID),
+			attribute.String("jobId", a.ProcessingJobID), attribute.String("userId", a.UserID), attribute.String("status", string(a.Status)))
+	}
+	err := h.Notifier.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a))
+	endSpan(span, err)
+	if err != nil {
 		log.WarnContext(ctx, "event not sent; the relay will retry", "eventId", a.EventID, "err", err)
 		return false
 	}

@@ -200,7 +200,7 @@ func (o outage) run(t *testing.T) outageFigures {
 			if err := store.Create(ctx, a); err != nil {
 				t.Fatal(err)
 			}
-			job, err := wire.NewJob(a, now)
+			job, err := wire.NewJob(context.Background(), a, now)
 			if err != nil {
 				t.Fatal(err)
 			}

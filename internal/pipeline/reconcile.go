@@ -85,7 +85,7 @@ func (r *Reconciler) check(ctx context.Context, a *asset.Asset, st *ReconcileSta
 	log := r.Handler.Log.With("jobId", a.ProcessingJobID, "assetId", a.ID, "userId", a.UserID)
 	info, err := r.Jobs.Get(ctx, a.ProcessingJobID)
 	if errors.Is(err, queue.ErrNotFound) {
-		job, err := wire.NewJob(a, r.Handler.Now())
+		job, err := wire.NewJob(ctx, a, r.Handler.Now())
 		if err != nil {
 			return err
 		}

@@ -71,7 +71,7 @@ func (q *jobQueue) Enqueue(_ context.Context, jobs ...queue.Job) error {
 }
 
 func (q *jobQueue) put(a *asset.Asset, st queue.State, errs ...string) {
-	job, _ := wire.NewJob(a, a.CreatedAt)
+	job, _ := wire.NewJob(context.Background(), a, a.CreatedAt)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.jobs[job.ID] = queue.Info{ID: job.ID, Queue: job.Queue, State: st, Payload: job.Payload, Attempt: 4, MaxAttempts: 4, Errors: errs}

@@ -5,12 +5,16 @@
 package wire
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
 	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/queue"
@@ -52,12 +56,18 @@ type JobPayload struct {
 	Size        int64     `json:"size"`
 	SHA256      string    `json:"sha256"`
 	EnqueuedAt  time.Time `json:"enqueuedAt"`
+	// Traceparent is the W3C trace context of the request that enqueued
+	// the job (version 00), so that its attempts, in whichever process,
+	// continue that trace. Empty when tracing is off, and in payloads
+	// written before it existed.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // NewJob builds the ai-processing job of an asset that is processing under
 // a.ProcessingJobID. The job's id is that id, so enqueueing it twice is
-// refused by the queue (queue.ErrDuplicate) rather than run twice.
-func NewJob(a *asset.Asset, now time.Time) (queue.Job, error) {
+// refused by the queue (queue.ErrDuplicate) rather than run twice. The
+// payload carries the trace context of ctx's span, if it has one.
+func NewJob(ctx context.Context, a *asset.Asset, now time.Time) (queue.Job, error) {
 	p := JobPayload{
 		JobID:       a.ProcessingJobID,
 		AssetID:     a.ID,
@@ -67,6 +77,7 @@ func NewJob(a *asset.Asset, now time.Time) (queue.Job, error) {
 		Size:        a.Size,
 		SHA256:      a.SHA256,
 		EnqueuedAt:  now.UTC().Truncate(time.Millisecond),
+		Traceparent: traceparent(ctx),
 	}
 	if p.JobID == "" || p.AssetID == "" || p.BlobKey == "" {
 		return queue.Job{}, fmt.Errorf("wire: asset %q has no id, job id or blob key", a.ID)
@@ -89,15 +100,27 @@ func group(userID string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
+// traceparent is the W3C traceparent header of ctx's span, or "" without one
+// (tracing off: nothing is formatted).
+func traceparent(ctx context.Context) string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ""
+	}
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c.Get("traceparent")
+}
+
 // NewJobs builds the job of each asset of an upload, in order, and sets
 // each asset's EnqueuedAt to its job's enqueuedAt: the intakes call it
 // just before the write that makes assets and jobs durable, so that the
-// asset row carries the instant its job was stamped.
-func NewJobs(assets []*asset.Asset, now time.Time) ([]queue.Job, error) {
+// asset row carries the instant its job was stamped. Each job carries the
+// traceparent of ctx's span, if any.
+func NewJobs(ctx context.Context, assets []*asset.Asset, now time.Time) ([]queue.Job, error) {
 	jobs := make([]queue.Job, len(assets))
 	for i, a := range assets {
 		var err error
-		if jobs[i], err = NewJob(a, now); err != nil {
+		if jobs[i], err = NewJob(ctx, a, now); err != nil {
 			return nil, err
 		}
 	}

@@ -113,7 +113,7 @@ func New(store Store, q Queue, keys Keys, newID func() string, log *slog.Logger)
 // Submit stores the assets, then enqueues their jobs; if the enqueue fails,
 // it deletes the assets and returns the error.
 func (in *Intake) Submit(ctx context.Context, assets []*asset.Asset) error {
-	jobs, err := wire.NewJobs(assets, in.now())
+	jobs, err := wire.NewJobs(ctx, assets, in.now())
 	if err != nil {
 		return err
 	}
@@ -265,7 +265,7 @@ func (in *Intake) Resubmit(ctx context.Context, assetID, newJobID string) (*asse
 	if err != nil {
 		return nil, err
 	}
-	job, err := wire.NewJob(a, now)
+	job, err := wire.NewJob(ctx, a, now)
 	if err != nil {
 		return nil, err
 	}

@@ -90,7 +90,7 @@ func (in *Intake) Close() {
 // Submit stores the assets, each processing under its ProcessingJobID, and
 // enqueues their jobs in one transaction.
 func (in *Intake) Submit(ctx context.Context, assets []*asset.Asset) error {
-	jobs, err := wire.NewJobs(assets, in.now())
+	jobs, err := wire.NewJobs(ctx, assets, in.now())
 	if err != nil {
 		return err
 	}
@@ -153,7 +153,7 @@ func (in *Intake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idemp
 		}
 		return r, nil
 	}
-	jobs, err := wire.NewJobs(assets, in.now())
+	jobs, err := wire.NewJobs(ctx, assets, in.now())
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +171,7 @@ func (in *Intake) Resubmit(ctx context.Context, assetID, newJobID string) (*asse
 		if a, err = in.store.ReprocessTx(ctx, tx, assetID, newJobID, now); err != nil {
 			return err
 		}
-		job, err := wire.NewJob(a, now)
+		job, err := wire.NewJob(ctx, a, now)
 		if err != nil {
 			return err
 		}
