@@ -196,8 +196,11 @@ func (h *Handler) process(ctx context.Context, job *queue.Job, p Payload) error 
 	}
 
 	start := h.Now()
-	if h.Observer != nil && a.StartedAt == nil && a.EnqueuedAt != nil {
-		h.Observer.QueueWait(start.Sub(*a.EnqueuedAt))
+	// The queue wait is the first attempt's, from the payload's stamp (the
+	// asset is not read here). A replayed dead job runs its old payload
+	// again from attempt 1, so its wait includes the time it lay dead.
+	if h.Observer != nil && job.Attempt == 1 && !p.EnqueuedAt.IsZero() {
+		h.Observer.QueueWait(start.Sub(p.EnqueuedAt))
 	}
 	result, err := h.analyze(ctx, p)
 	analyzed := h.Now()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/klectr/klectr/internal/asset"
 	"github.com/klectr/klectr/internal/pipeline"
+	"github.com/klectr/klectr/internal/wire"
 )
 
 // recorder is a pipeline.Observer that keeps what it is told.
@@ -60,12 +61,21 @@ func TestObserverGetsEachStage(t *testing.T) {
 	}, envOptions{})
 	rec := &recorder{}
 	e.h.Observer = rec
-	a, job := e.newAsset()
-	enqueued := e.clock.Now().Add(-3 * time.Second)
+	a, _ := e.newAsset()
+	// The job was enqueued 3 s before its first attempt (the payload's
+	// stamp has millisecond precision, as the intake writes it).
+	enqueued := e.clock.Now().Add(-3 * time.Second).Truncate(time.Millisecond)
+	wantWait := e.clock.Now().Sub(enqueued)
 	received := enqueued.Add(-50 * time.Millisecond)
 	stored := e.store.get(t, a.ID)
 	stored.EnqueuedAt, stored.ReceivedAt = &enqueued, &received
 	e.store.put(stored)
+	j, err := wire.NewJob(context.Background(), stored, enqueued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Attempt, j.MaxAttempts = 1, maxAttempts
+	job := &j
 
 	if err := e.h.ProcessJob(context.Background(), job); err == nil {
 		t.Fatal("attempt 1 against a 500: nil error, want a retry")
@@ -77,8 +87,8 @@ func TestObserverGetsEachStage(t *testing.T) {
 
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
-	if len(rec.waits) != 1 || rec.waits[0] != 3*time.Second {
-		t.Errorf("queue waits = %v, want one of 3s (the first attempt's)", rec.waits)
+	if len(rec.waits) != 1 || rec.waits[0] != wantWait {
+		t.Errorf("queue waits = %v, want one of %v (the first attempt's)", rec.waits, wantWait)
 	}
 	if want := []string{pipeline.OutcomeRetryable, pipeline.OutcomeOK}; len(rec.outcomes) != 2 || rec.outcomes[0] != want[0] || rec.outcomes[1] != want[1] {
 		t.Errorf("outcomes = %v, want %v", rec.outcomes, want)
