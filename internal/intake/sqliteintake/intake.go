@@ -56,8 +56,8 @@ type commitReq struct {
 // submission is an upload's rows: its assets, their jobs and, under an
 // idempotency key, the key's record.
 type submission struct {
+	ctx    context.Context // the request's: its span goes into the jobs' traceparent
 	assets []*asset.Asset
-	jobs   []queue.Job
 	claim  *idempotency.Claim
 }
 
@@ -90,12 +90,7 @@ func (in *Intake) Close() {
 // Submit stores the assets, each processing under its ProcessingJobID, and
 // enqueues their jobs in one transaction.
 func (in *Intake) Submit(ctx context.Context, assets []*asset.Asset) error {
-	jobs, err := wire.NewJobs(ctx, assets, in.now())
-	if err != nil {
-		return err
-	}
-	sub := &submission{assets: assets, jobs: jobs}
-	return in.submit(ctx, sub)
+	return in.submit(ctx, &submission{ctx: ctx, assets: assets})
 }
 
 // submit writes sub in a group transaction.
@@ -106,13 +101,23 @@ func (in *Intake) submit(ctx context.Context, sub *submission) error {
 }
 
 // write stores the submissions' assets, jobs and key records in tx: one
-// statement per asset, one River insert for all the jobs.
+// statement per asset, one River insert for all the jobs. The jobs are
+// built here, inside the group's transaction, so that their enqueuedAt
+// (and the assets') is taken after the wait for the write connection,
+// which is most of an upload's time before its 202: the SLO report's
+// confirmation stage (receivedAt → enqueuedAt) then misses only the
+// commit itself.
 func (in *Intake) write(ctx context.Context, tx *sql.Tx, subs []*submission) error {
+	now := in.now()
 	var assets []*asset.Asset
 	var jobs []queue.Job
 	for _, s := range subs {
+		js, err := wire.NewJobs(s.ctx, s.assets, now)
+		if err != nil {
+			return err
+		}
 		assets = append(assets, s.assets...)
-		jobs = append(jobs, s.jobs...)
+		jobs = append(jobs, js...)
 	}
 	if err := in.store.CreateTx(ctx, tx, assets...); err != nil {
 		return err
@@ -153,11 +158,7 @@ func (in *Intake) SubmitOnce(ctx context.Context, assets []*asset.Asset, c idemp
 		}
 		return r, nil
 	}
-	jobs, err := wire.NewJobs(ctx, assets, in.now())
-	if err != nil {
-		return nil, err
-	}
-	return nil, in.submit(ctx, &submission{assets: assets, jobs: jobs, claim: &c})
+	return nil, in.submit(ctx, &submission{ctx: ctx, assets: assets, claim: &c})
 }
 
 // Resubmit moves a failed asset back to processing under newJobID and
