@@ -25,30 +25,27 @@ type Target struct {
 	Description string
 	Percentile  float64 // 0 < p ≤ 100
 	Under       time.Duration
-	// measure returns the duration of tl's step, and false when tl has
-	// none yet. A step that has not ended but has already lasted longer
-	// than Under counts with its age so far (a lower bound, a known
-	// miss), so that a stuck job shows up instead of leaving the sample.
-	measure func(tl asset.Timeline, now time.Time) (time.Duration, bool)
+	// from and to are the step's timestamps. A step that has not ended
+	// but has already lasted longer than Under counts with its age so far
+	// (a lower bound, a known miss), so that a stuck job shows up instead
+	// of leaving the sample.
+	from, to func(asset.Timeline) *time.Time
 }
 
 // Targets are the plan's three objectives.
 var Targets = []Target{
 	{Name: "confirmation", Description: "upload request received → asset and job durable (the 202 follows)",
 		Percentile: 99, Under: 2 * time.Second,
-		measure: func(tl asset.Timeline, now time.Time) (time.Duration, bool) {
-			return span(tl.ReceivedAt, tl.EnqueuedAt, now, 2*time.Second)
-		}},
+		from: func(tl asset.Timeline) *time.Time { return tl.ReceivedAt },
+		to:   func(tl asset.Timeline) *time.Time { return tl.EnqueuedAt }},
 	{Name: "processing", Description: "upload request received → final state stored (draft or failed)",
 		Percentile: 95, Under: 60 * time.Second,
-		measure: func(tl asset.Timeline, now time.Time) (time.Duration, bool) {
-			return span(tl.ReceivedAt, tl.ProcessedAt, now, 60*time.Second)
-		}},
+		from: func(tl asset.Timeline) *time.Time { return tl.ReceivedAt },
+		to:   func(tl asset.Timeline) *time.Time { return tl.ProcessedAt }},
 	{Name: "event", Description: "final state stored → asset_processed event published",
 		Percentile: 99, Under: time.Second,
-		measure: func(tl asset.Timeline, now time.Time) (time.Duration, bool) {
-			return span(tl.ProcessedAt, tl.EventSentAt, now, time.Second)
-		}},
+		from: func(tl asset.Timeline) *time.Time { return tl.ProcessedAt },
+		to:   func(tl asset.Timeline) *time.Time { return tl.EventSentAt }},
 }
 
 // span is end−start; with no end yet, now−start once that exceeds bound.
@@ -93,7 +90,7 @@ func Measure(tls []asset.Timeline, now time.Time) []Result {
 	for i, t := range Targets {
 		var ds []time.Duration
 		for _, tl := range tls {
-			if d, ok := t.measure(tl, now); ok {
+			if d, ok := span(t.from(tl), t.to(tl), now, t.Under); ok {
 				ds = append(ds, d)
 			}
 		}
