@@ -38,10 +38,16 @@ type ClientConfig struct {
 	// Timeout bounds one request, from connecting until the response body is
 	// read (AI_TIMEOUT). Zero or negative means DefaultTimeout.
 	Timeout time.Duration
+	// MaxConns is how many requests the caller may have in flight at once
+	// (WORKER_CONCURRENCY): the default client keeps that many idle
+	// connections to the service, so that every job reuses one instead of
+	// dialling (http.DefaultTransport keeps 2 per host, and closes the rest
+	// after each response). Zero or negative means 2.
+	MaxConns int
 	// HTTPClient sends the requests; nil means a client with its own clone of
-	// http.DefaultTransport. Its redirect policy is overridden: a redirect is
-	// returned as an unexpected status, because a streamed body cannot be
-	// sent twice.
+	// http.DefaultTransport (MaxConns idle connections). Its redirect policy
+	// is overridden: a redirect is returned as an unexpected status, because
+	// a streamed body cannot be sent twice.
 	HTTPClient *http.Client
 	// Now reads the clock for Retry-After dates; nil means time.Now.
 	Now func() time.Time
@@ -82,7 +88,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	u.RawQuery, u.Fragment = "", ""
 	endpoint := u.JoinPath("analyze").String()
 
-	hc := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	if cfg.MaxConns > t.MaxIdleConnsPerHost {
+		t.MaxIdleConnsPerHost = cfg.MaxConns
+		t.MaxIdleConns = max(t.MaxIdleConns, cfg.MaxConns)
+	}
+	hc := &http.Client{Transport: t}
 	if cfg.HTTPClient != nil {
 		c := *cfg.HTTPClient
 		hc = &c

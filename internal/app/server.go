@@ -322,10 +322,11 @@ func newAnalyzer(cfg *config.Config, log *slog.Logger) (ai.Analyzer, *ai.Breaker
 		return ai.NewBuiltin(ai.BuiltinConfig{MaxPixels: cfg.MaxPixels, MaxBytes: cfg.MaxFileBytes, Logger: log}), nil, nil
 	}
 	c, err := ai.NewClient(ai.ClientConfig{
-		BaseURL: cfg.AIServiceURL,
-		Token:   cfg.AIServiceToken,
-		Timeout: cfg.AITimeout,
-		Logger:  log,
+		BaseURL:  cfg.AIServiceURL,
+		Token:    cfg.AIServiceToken,
+		Timeout:  cfg.AITimeout,
+		MaxConns: cfg.WorkerConcurrency,
+		Logger:   log,
 	})
 	if err != nil {
 		return nil, nil, err
