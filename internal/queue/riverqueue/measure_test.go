@@ -20,7 +20,7 @@ import (
 )
 
 // TestMeasure prints throughput and start latency with the production
-// defaults (poll 200 ms, cooldown 20 ms, concurrency 16). It is a
+// defaults (poll 200 ms, cooldown 5 ms, concurrency 16). It is a
 // measurement, not a check, so it runs only when asked:
 //
 //	KLECTR_QUEUE_MEASURE=1 go test -run TestMeasure -v ./internal/queue/riverqueue/
