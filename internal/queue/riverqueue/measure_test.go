@@ -53,7 +53,7 @@ func TestMeasure(t *testing.T) {
 	}
 }
 
-func measureDB(t *testing.T) *sqlitedb.DB {
+func measureDB(t testing.TB) *sqlitedb.DB {
 	t.Helper()
 	db, err := sqlitedb.Open(context.Background(), t.TempDir()+"/measure.db")
 	if err != nil {
@@ -194,4 +194,36 @@ func enqueueInTx(ctx context.Context, db *sqlitedb.DB, q *riverqueue.Queue, job 
 
 func pct(sorted []time.Duration, p int) time.Duration {
 	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
+// BenchmarkEnqueueTx is the intake's enqueue: one transaction per op holding
+// the jobs of 50 uploads, from 1,000 users in turn, committed
+// (synchronous=FULL). Nothing works the jobs, so the queue grows by 50 per op.
+//
+//	go test -run '^$' -bench EnqueueTx -benchtime 200x ./internal/queue/riverqueue/
+func BenchmarkEnqueueTx(b *testing.B) {
+	db := measureDB(b)
+	q := newQueue(b, db, riverqueue.Config{})
+	const perTx = 50
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		jobs := make([]queue.Job, perTx)
+		for i := range jobs {
+			id := ulid.Make().String()
+			jobs[i] = queue.Job{ID: id, Queue: queue.AIProcessing, Group: fmt.Sprintf("user-%d", n%1000), Payload: payload(id)}
+			n++
+		}
+		tx, err := db.Write.BeginTx(b.Context(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := q.EnqueueTx(b.Context(), tx, jobs...); err != nil {
+			b.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*perTx), "µs/job")
 }

@@ -290,7 +290,7 @@ func (q *Queue) EnqueueTx(ctx context.Context, tx *sql.Tx, jobs ...queue.Job) er
 			},
 		})
 	}
-	if _, err := q.client.InsertManyTx(ctx, tx, params); err != nil {
+	if _, err := q.client.InsertManyFastTx(ctx, tx, params); err != nil {
 		return enqueueError(err)
 	}
 	return nil

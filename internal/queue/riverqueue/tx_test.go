@@ -29,7 +29,7 @@ func newDB(t *testing.T) *sqlitedb.DB {
 	return db
 }
 
-func newQueue(t *testing.T, db *sqlitedb.DB, cfg riverqueue.Config) *riverqueue.Queue {
+func newQueue(t testing.TB, db *sqlitedb.DB, cfg riverqueue.Config) *riverqueue.Queue {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
