@@ -51,6 +51,9 @@ type Options struct {
 	Image       []byte
 	PID         int // the server's process, for -pid; 0: none
 	Baseline    bool
+	// BaselineDir, with Baseline, adds a durable sink (durableSink) that
+	// writes the files to this directory, after the bare one.
+	BaselineDir string
 }
 
 // Defaults and bounds of the flags.
@@ -82,6 +85,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	imagePath := fs.String("image", "", "upload this file instead of a generated PNG")
 	fs.IntVar(&o.PID, "pid", 0, "the server's pid: print its peak RSS and CPU seconds from /proc")
 	fs.BoolVar(&o.Baseline, "baseline", false, "first send the same requests to an in-process bare multipart sink and print the ratio")
+	fs.StringVar(&o.BaselineDir, "baseline-dir", "", "with -baseline: then also to an in-process durable sink that writes and fsyncs each file in this directory (put it on klectr's disk) before its 202")
 	fanout := fs.Bool("fanout", false, "measure the realtime path alone, in this process: event log + bus + Socket.IO to -users clients, at -rate events/s for -duration (default 10s)")
 	var fo FanoutOptions
 	fs.IntVar(&fo.Rate, "rate", 2000, "with -fanout: events per second, all users together")
@@ -130,6 +134,8 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		return usage("-image-bytes must be from 1 to 64 MiB")
 	case o.PID < 0:
 		return usage("-pid must be a process id")
+	case o.BaselineDir != "" && !o.Baseline:
+		return usage("-baseline-dir needs -baseline")
 	}
 	if *secret == "" {
 		*secret = getenv("JWT_SECRET") // not the flag's default, which -h would print
@@ -217,8 +223,8 @@ func loopbackURL(raw string) (*url.URL, error) {
 	return u, nil
 }
 
-// Run runs the bench and prints its reports to w: the sink's first with
-// Baseline, then klectr's. An error means the run could not be made (no
+// Run runs the bench and prints its reports to w: with Baseline the bare
+// sink's first (and the durable sink's, with BaselineDir), then klectr's. An error means the run could not be made (no
 // connection, say); a run made with failures returns reports whose
 // Problems are not empty.
 func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
@@ -244,19 +250,34 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
 
 	var reports []*Report
 	if o.Baseline {
-		base, stop, err := startSink()
-		if err != nil {
-			return nil, err
+		type sinkRun struct {
+			name string
+			h    http.Handler
 		}
-		t := newTracker()
-		uploadAll(ctx, []string{base}, tokens, body, ctype, o, t)
-		stop()
-		ups, _ := t.snapshot()
-		r := analyze("sink", users, ups, nil, false)
-		r.Print(w)
-		reports = append(reports, r)
-		if ctx.Err() != nil {
-			return reports, ctx.Err()
+		sinks := []sinkRun{{"sink", http.HandlerFunc(sinkHandler)}}
+		if o.BaselineDir != "" {
+			dir, err := os.MkdirTemp(o.BaselineDir, "klectr-bench-sink-")
+			if err != nil {
+				return nil, err
+			}
+			defer os.RemoveAll(dir)
+			sinks = append(sinks, sinkRun{"durable sink", durableSink(dir)})
+		}
+		for _, s := range sinks {
+			base, stop, err := startSink(s.h)
+			if err != nil {
+				return nil, err
+			}
+			t := newTracker()
+			uploadAll(ctx, []string{base}, tokens, body, ctype, o, t)
+			stop()
+			ups, _ := t.snapshot()
+			r := analyze(s.name, users, ups, nil, false)
+			r.Print(w)
+			reports = append(reports, r)
+			if ctx.Err() != nil {
+				return reports, ctx.Err()
+			}
 		}
 	}
 
@@ -266,9 +287,11 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
 	}
 	r.Print(w)
 	reports = append(reports, r)
-	if o.Baseline && reports[0].UploadRate() > 0 {
-		fmt.Fprintf(w, "baseline: sink %.1f uploads/s, klectr %.1f uploads/s: klectr at %.1f %% of the sink\n",
-			reports[0].UploadRate(), r.UploadRate(), 100*r.UploadRate()/reports[0].UploadRate())
+	for _, b := range reports[:len(reports)-1] {
+		if b.UploadRate() > 0 {
+			fmt.Fprintf(w, "baseline: %s %.1f uploads/s, klectr %.1f uploads/s: klectr at %.1f %% of the %s\n",
+				b.Label, b.UploadRate(), r.UploadRate(), 100*r.UploadRate()/b.UploadRate(), b.Label)
+		}
 	}
 	return reports, nil
 }

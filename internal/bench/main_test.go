@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,30 @@ func TestMainBaseline(t *testing.T) {
 	}
 }
 
+// -baseline-dir adds the durable sink, which keeps every file until its
+// 202 and leaves nothing in the directory after the run.
+func TestMainDurableBaseline(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, nil)
+	dir := t.TempDir()
+	code, out := runMain(t, f, "-users", "2", "-c", "2", "-n", "10", "-baseline", "-baseline-dir", dir)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"sink: 10 requests", "durable sink: 10 requests", "klectr: 10 requests",
+		"baseline: sink ", "baseline: durable sink "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if f.uploads.Load() != 10 {
+		t.Errorf("klectr saw %d uploads, want 10 (the sinks take the others)", f.uploads.Load())
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("the durable sink left %d entries in -baseline-dir", len(left))
+	}
+}
+
 func TestMainCommandLine(t *testing.T) {
 	t.Parallel()
 	f := newFake(t, nil)
@@ -93,6 +118,7 @@ func TestMainCommandLine(t *testing.T) {
 		{"-url", "http://192.0.2.1:8080"},
 		{"-url", "ftp://127.0.0.1"},
 		{"-jwt-secret", "short"},
+		{"-baseline-dir", "/tmp"},
 		{"-bogus"},
 		{"extra"},
 	} {
