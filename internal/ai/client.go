@@ -89,6 +89,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	endpoint := u.JoinPath("analyze").String()
 
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	// The image is streamed through a pipe into the connection's write
+	// buffer: at the default 4 KiB, that is a write(2) per 4 KiB.
+	t.WriteBufferSize = 64 << 10
 	if cfg.MaxConns > t.MaxIdleConnsPerHost {
 		t.MaxIdleConnsPerHost = cfg.MaxConns
 		t.MaxIdleConns = max(t.MaxIdleConns, cfg.MaxConns)
