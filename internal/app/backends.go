@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +20,7 @@ import (
 	"github.com/klectr/klectr/internal/httpapi"
 	"github.com/klectr/klectr/internal/idempotency/sqlitekeys"
 	"github.com/klectr/klectr/internal/intake/sqliteintake"
+	"github.com/klectr/klectr/internal/pipeline"
 	"github.com/klectr/klectr/internal/queue"
 	"github.com/klectr/klectr/internal/queue/riverqueue"
 	"github.com/klectr/klectr/internal/realtime"
@@ -39,6 +42,10 @@ type backends struct {
 	intake intake
 	// events is the users' event log, in the shape's own store.
 	events eventlog.Log
+	// eventsWithState: the store appends each final state's event to events
+	// in the state's own transaction (embedded), so the handler publishes
+	// it on the bus alone (pipeline.Handler.Bus).
+	eventsWithState bool
 	// expireKeys deletes the idempotency records expired before a time.
 	expireKeys func(ctx context.Context, before time.Time) (int64, error)
 	ready      []httpapi.Check
@@ -151,8 +158,17 @@ func (b *backends) openEmbedded(ctx context.Context, cfg *config.Config, log *sl
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	events.Group = st.Group // an event's append shares the worker's commits
-	b.events = events
+	events.Group = st.Group // a relayed event's append shares the worker's commits
+	// A job's event commits with its final state: one commit fewer per
+	// job on the one write connection, and none owed for the relay.
+	st.LogEvents(func(ctx context.Context, tx *sql.Tx, a *asset.Asset) error {
+		raw, err := json.Marshal(pipeline.NewEvent(a))
+		if err != nil {
+			return err
+		}
+		return events.AppendTx(ctx, tx, a.UserID, a.EventID, raw, time.Now())
+	})
+	b.events, b.eventsWithState = events, true
 
 	store = throttled(all(spaceCheck(cfg.DataDir, minFree), db.WriteProbe), probeEvery)
 	q = func(ctx context.Context) error {

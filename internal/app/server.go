@@ -128,6 +128,9 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	// publishes on the bus, so the log is appended once, by the worker.
 	notifier := &eventlog.Notifier{Log: b.events, Next: rt, Event: pipeline.EventAssetProcessed}
 	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, notifier
+	if b.eventsWithState {
+		handler.Bus = rt
+	}
 	var sweeps []*loop
 	if m.worker() {
 		sweeps = newSweeps(handler, b, qo.single, time.Now(), cfg.EventRetention, log)

@@ -103,6 +103,13 @@ type Handler struct {
 	Blobs    blob.Store
 	Analyzer ai.Analyzer
 	Notifier Notifier
+	// Bus, when set, publishes the events that Store records as sent with
+	// their final state: an asset Finish returns with EventPending false has
+	// its event in the event log already (the embedded store appends it in
+	// Finish's own transaction: sqlitestore.Store.LogEvents), which Notifier
+	// would append again, and needs no EventSent. Nil: Notifier publishes
+	// every event and EventSent marks it.
+	Bus      Notifier
 	Log      *slog.Logger
 	Now      func() time.Time
 	NewID    func() string
@@ -324,15 +331,27 @@ func (h *Handler) publish(ctx context.Context, log *slog.Logger, a *asset.Asset)
 		span.SetAttributes(attribute.String("eventId", a.EventID), attribute.String("assetId", a.ID),
 			attribute.String("jobId", a.ProcessingJobID), attribute.String("userId", a.UserID), attribute.String("status", string(a.Status)))
 	}
-	err := h.Notifier.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a))
+	// logged: the store recorded the event as sent with the final state.
+	logged := !a.EventPending && h.Bus != nil
+	n := h.Notifier
+	if logged {
+		n = h.Bus
+	}
+	err := n.Send(ctx, a.UserID, EventAssetProcessed, NewEvent(a))
 	endSpan(span, err)
+	if err != nil && logged {
+		log.WarnContext(ctx, "event not sent live; devices get it from the event log when they reconnect", "eventId", a.EventID, "err", err)
+		return false
+	}
 	if err != nil {
 		log.WarnContext(ctx, "event not sent; the relay will retry", "eventId", a.EventID, "err", err)
 		return false
 	}
 	sent := h.Now()
-	if err := h.Store.EventSent(ctx, a.ID, a.EventID, sent); err != nil {
-		log.WarnContext(ctx, "event sent but not marked; it may repeat", "eventId", a.EventID, "err", err)
+	if !logged {
+		if err := h.Store.EventSent(ctx, a.ID, a.EventID, sent); err != nil {
+			log.WarnContext(ctx, "event sent but not marked; it may repeat", "eventId", a.EventID, "err", err)
+		}
 	}
 	if h.Observer != nil && a.ProcessedAt != nil {
 		h.Observer.EventSent(sent.Sub(*a.ProcessedAt))

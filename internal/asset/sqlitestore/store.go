@@ -27,8 +27,9 @@ import (
 
 // Store keeps assets in the "assets" table of a sqlitedb.DB.
 type Store struct {
-	db *sqlitedb.DB
-	w  *groupWriter // RecordAttempt, Finish, EventSent
+	db       *sqlitedb.DB
+	w        *groupWriter // RecordAttempt, Finish, EventSent
+	logEvent func(ctx context.Context, tx *sql.Tx, a *asset.Asset) error
 }
 
 var _ asset.Store = (*Store)(nil)
@@ -213,10 +214,31 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 	}
 	var a *asset.Asset
 	err := s.w.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		var err error
-		a, err = finishRow(ctx, tx, id, jobID, out)
-		if errors.Is(err, sql.ErrNoRows) {
+		if s.logEvent == nil {
+			var err error
+			a, err = finishRow(ctx, tx, id, jobID, out, nil)
+			if errors.Is(err, sql.ErrNoRows) {
+				return noRow(ctx, tx, id)
+			}
+			return err
+		}
+		// In a savepoint, so that an event the log refuses undoes this
+		// update alone and leaves the other writes of the group be.
+		var logErr error
+		err := sqlitedb.Savepoint(ctx, tx, func() error {
+			sent := time.Now()
+			var err error
+			if a, err = finishRow(ctx, tx, id, jobID, out, &sent); err != nil {
+				return err
+			}
+			logErr = s.logEvent(ctx, tx, a)
+			return logErr
+		})
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
 			return noRow(ctx, tx, id)
+		case err != nil && err == logErr: // not joined with a failed undo
+			return domainError{fmt.Errorf("log its event: %w", err)}
 		}
 		return err
 	})
@@ -226,6 +248,20 @@ func (s *Store) Finish(ctx context.Context, id, jobID string, out asset.Outcome)
 	return a, nil
 }
 
+// LogEvents makes Finish append the event of the final state it records
+// through logEvent, inside Finish's own transaction (the event log being a
+// table of the same file), and record that event as sent there: the log is
+// then the outbox. A device that misses the live event, even across a
+// crash between the commit and the publish, gets it from the log when it
+// reconnects, so the event is not left owed for a relay, and the asset
+// Finish returns has EventPending false (EventSentAt is the time of the
+// append). If logEvent fails, Finish fails and changes nothing. FinishTx
+// (an operator's deletion of a job) still leaves its event owed: nothing
+// publishes it but the relay. Call LogEvents before any write.
+func (s *Store) LogEvents(logEvent func(ctx context.Context, tx *sql.Tx, a *asset.Asset) error) {
+	s.logEvent = logEvent
+}
+
 // FinishTx is Finish inside the caller's write transaction, so that an
 // operator's deletion of a job fails its asset in the same commit. It uses
 // only tx.
@@ -233,7 +269,7 @@ func (s *Store) FinishTx(ctx context.Context, tx *sql.Tx, id, jobID string, out 
 	if err := checkOutcome(id, out); err != nil {
 		return nil, err
 	}
-	a, err := finishRow(ctx, tx, id, jobID, out)
+	a, err := finishRow(ctx, tx, id, jobID, out, nil)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = missingOrConflict(ctx, tx, id)
 	}
@@ -254,7 +290,8 @@ func checkOutcome(id string, out asset.Outcome) error {
 }
 
 // finishRow is Finish's guarded update; sql.ErrNoRows when the guard fails.
-func finishRow(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outcome) (*asset.Asset, error) {
+// The event is owed, unless sent is set: then it is recorded as sent then.
+func finishRow(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outcome, sent *time.Time) (*asset.Asset, error) {
 	var errCode, errMsg *string
 	if out.Error != nil {
 		errCode, errMsg = &out.Error.Code, &out.Error.Message
@@ -262,12 +299,12 @@ func finishRow(ctx context.Context, tx *sql.Tx, id, jobID string, out asset.Outc
 	ms := out.ProcessedAt.UnixMilli()
 	return scanAsset(tx.QueryRowContext(ctx, `UPDATE assets SET
 			status = ?, ai_metadata = ?, error_code = ?, error_message = ?, attempts = ?,
-			processed_at = ?, updated_at = ?, event_id = ?, event_pending = 1,
-			analyzed_at = ?, event_sent_at = NULL
+			processed_at = ?, updated_at = ?, event_id = ?, event_pending = ?,
+			analyzed_at = ?, event_sent_at = ?
 		WHERE id = ? AND status = 'processing' AND processing_job_id = ?
 		RETURNING `+columns,
 		string(out.Status), jsonText(out.AIMetadata), errCode, errMsg, out.Attempts,
-		ms, ms, out.EventID, millis(out.AnalyzedAt), id, jobID))
+		ms, ms, out.EventID, sent == nil, millis(out.AnalyzedAt), millis(sent), id, jobID))
 }
 
 // noRow explains, as a domainError, why a guarded update in a group

@@ -42,21 +42,37 @@ func (l *Log) Append(ctx context.Context, userID, eventID string, data json.RawM
 	if err := eventlog.Validate(userID, eventID, data); err != nil {
 		return err
 	}
-	const insert = `INSERT INTO event_log (user_id, event_id, data, at) VALUES (?, ?, ?, ?)
-		 ON CONFLICT (user_id, event_id) DO NOTHING`
 	var err error
 	if l.Group != nil {
-		err = l.Group(ctx, func(ctx context.Context, tx *sql.Tx) error {
-			_, err := tx.ExecContext(ctx, insert, userID, eventID, string(data), at.UnixMilli())
-			return err
-		})
+		err = l.Group(ctx, func(ctx context.Context, tx *sql.Tx) error { return insert(ctx, tx, userID, eventID, data, at) })
 	} else {
-		_, err = l.db.Write.ExecContext(ctx, insert, userID, eventID, string(data), at.UnixMilli())
+		err = insert(ctx, l.db.Write, userID, eventID, data, at)
 	}
 	if err != nil {
 		return fmt.Errorf("sqlitelog: append: %w", err)
 	}
 	return nil
+}
+
+// AppendTx is Append inside the caller's write transaction on the same
+// file, so that the event commits with the change it reports (see
+// sqlitestore.Store.LogEvents). It uses only tx.
+func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, userID, eventID string, data json.RawMessage, at time.Time) error {
+	if err := eventlog.Validate(userID, eventID, data); err != nil {
+		return err
+	}
+	if err := insert(ctx, tx, userID, eventID, data, at); err != nil {
+		return fmt.Errorf("sqlitelog: append: %w", err)
+	}
+	return nil
+}
+
+func insert(ctx context.Context, db interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}, userID, eventID string, data json.RawMessage, at time.Time) error {
+	_, err := db.ExecContext(ctx, `INSERT INTO event_log (user_id, event_id, data, at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (user_id, event_id) DO NOTHING`, userID, eventID, string(data), at.UnixMilli())
+	return err
 }
 
 // After returns userID's events after afterEventID, oldest first.
