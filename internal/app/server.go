@@ -125,7 +125,9 @@ func runServer(ctx context.Context, m mode, args []string, getenv func(string) s
 	}
 	// Every asset_processed, first publish or relay, is in the user's log
 	// before any socket may get it; on a worker the realtime server
-	// publishes on the bus, so the log is appended once, by the worker.
+	// publishes on the bus, so the log is appended once, by the worker. On
+	// the embedded shape a job's event is appended with its final state, and
+	// the handler publishes it on the realtime server alone (Bus).
 	notifier := &eventlog.Notifier{Log: b.events, Next: rt, Event: pipeline.EventAssetProcessed}
 	handler.Store, handler.Blobs, handler.Notifier = b.store, b.blobs, notifier
 	if b.eventsWithState {

@@ -38,6 +38,10 @@ type fakeStore struct {
 	mu     sync.Mutex
 	assets map[string]*asset.Asset
 	gets   int // calls of Get
+	marks  int // calls of EventSent
+	// logsEvents: Finish records the event as sent with the final state,
+	// as sqlitestore does with LogEvents.
+	logsEvents bool
 }
 
 var _ pipeline.Store = (*fakeStore)(nil)
@@ -126,6 +130,9 @@ func (s *fakeStore) Finish(ctx context.Context, id, jobID string, out asset.Outc
 	a.ProcessedAt, a.UpdatedAt = &at, at
 	a.EventID, a.EventPending = out.EventID, true
 	a.AnalyzedAt, a.EventSentAt = out.AnalyzedAt, nil
+	if s.logsEvents {
+		a.EventPending, a.EventSentAt = false, &at
+	}
 	return a.Clone(), nil
 }
 
@@ -159,6 +166,7 @@ func (s *fakeStore) EventSent(ctx context.Context, id, eventID string, sentAt ti
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.marks++
 	if a, ok := s.assets[id]; ok && a.EventPending && a.EventID == eventID {
 		a.EventPending, a.EventSentAt = false, &sentAt
 	}

@@ -10,7 +10,10 @@
 //     state is one atomic Store.Finish that also records the event as owed
 //     (the outbox). The event is published after that commit and the mark is
 //     cleared once it is out; Relay re-publishes marks a crash left behind, so
-//     an event may repeat (same eventId) but never vanish.
+//     an event may repeat (same eventId) but never vanish. A store that
+//     appends the event to the event log in Finish's own transaction (the
+//     embedded one) leaves nothing owed: the handler publishes it on Bus,
+//     and a device that missed it gets it from the log when it reconnects.
 //   - Permanent failures (the AI service refused the image, the image cannot
 //     be decoded) fail the asset at once; retryable ones are retried by the
 //     queue with backoff, honouring the AI service's Retry-After, and the

@@ -381,6 +381,66 @@ func TestProcessJobPermanentWithoutAI(t *testing.T) {
 
 // A failed publish leaves the event owed; Relay sends it later with the
 // same eventId, once it is older than minAge, and then no more.
+// A store that records the event with the final state (the embedded one,
+// whose event log is in the same transaction) has the event published on
+// Bus alone: no second append through Notifier, no EventSent. A Bus that
+// fails leaves nothing owed (the log has the event for reconnecting
+// devices), and an event still owed (a relay's) goes through Notifier.
+func TestEventLoggedWithTheStateGoesOnTheBus(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, answer(200, nil, okResult), envOptions{})
+	e.store.logsEvents = true
+	bus := &notifier{}
+	e.h.Bus = bus
+	a, job := e.newAsset()
+	if err := e.h.ProcessJob(context.Background(), job); err != nil {
+		t.Fatalf("ProcessJob: %v", err)
+	}
+	got := e.store.get(t, a.ID)
+	if got.Status != asset.StatusDraft || got.EventPending {
+		t.Fatalf("asset: status %s, event owed %v; want draft, nothing owed", got.Status, got.EventPending)
+	}
+	if on := bus.delivered(); len(on) != 1 {
+		t.Fatalf("%d events on the bus, want 1", len(on))
+	} else {
+		checkEvent(t, on[0], got)
+	}
+	e.store.mu.Lock()
+	marks := e.store.marks
+	e.store.mu.Unlock()
+	if n := len(e.notes.attempts()); n != 0 || marks != 0 {
+		t.Errorf("Notifier got %d events and EventSent %d calls; want none (the store logged and marked the event)", n, marks)
+	}
+
+	bus.setFail(errors.New("bus down"))
+	b, job := e.newAsset()
+	if err := e.h.ProcessJob(context.Background(), job); err != nil {
+		t.Fatalf("ProcessJob with the bus down: %v (the outcome and its event are recorded)", err)
+	}
+	if got := e.store.get(t, b.ID); got.Status != asset.StatusDraft || got.EventPending {
+		t.Errorf("with the bus down: status %s, owed %v; want draft, nothing owed", got.Status, got.EventPending)
+	}
+
+	// An event still owed (FinishTx's, or one an earlier version left) is
+	// the relay's, through Notifier, which appends it to the log.
+	c, _ := e.newAsset()
+	e.store.mu.Lock()
+	owed, at := e.store.assets[c.ID], e.clock.Now()
+	owed.Status, owed.Error = asset.StatusFailed, &asset.Error{Code: "job_deleted", Message: "the job was deleted"}
+	owed.ProcessedAt, owed.EventID, owed.EventPending = &at, ulid.Make().String(), true
+	e.store.mu.Unlock()
+	e.clock.Add(time.Hour)
+	if n, err := e.h.Relay(context.Background(), time.Minute); err != nil || n != 1 {
+		t.Fatalf("Relay = %d, %v; want 1", n, err)
+	}
+	if n := len(e.notes.delivered()); n != 1 || len(bus.attempts()) != 2 {
+		t.Errorf("Notifier delivered %d events and the bus was tried %d times; want the relayed event through Notifier only", n, len(bus.attempts()))
+	}
+	if e.store.get(t, c.ID).EventPending {
+		t.Error("the relayed event is still owed")
+	}
+}
+
 func TestNotifierFailureLeavesEventForRelay(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, answer(200, nil, okResult), envOptions{})
