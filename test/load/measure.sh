@@ -44,9 +44,12 @@ fi
 
 run=$(mktemp -d "$OUT/run.XXXXXX")
 pids=()
+# The run dir stays for inspection (the database, logs, RSS samples); its
+# images go unless KEEP_BLOBS=1: a 20 s run stores 2–3 GB of them.
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	[[ ${KEEP_BLOBS:-} == 1 ]] || rm -rf "$run/data/blobs"
 }
 trap cleanup EXIT
 
