@@ -67,9 +67,12 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, userID, eventID string, 
 	return nil
 }
 
-func insert(ctx context.Context, db interface {
+// execer is what *sql.DB and *sql.Tx share for insert.
+type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}, userID, eventID string, data json.RawMessage, at time.Time) error {
+}
+
+func insert(ctx context.Context, db execer, userID, eventID string, data json.RawMessage, at time.Time) error {
 	_, err := db.ExecContext(ctx, `INSERT INTO event_log (user_id, event_id, data, at) VALUES (?, ?, ?, ?)
 		ON CONFLICT (user_id, event_id) DO NOTHING`, userID, eventID, string(data), at.UnixMilli())
 	return err
