@@ -2,6 +2,7 @@ package sqlitelog_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -77,5 +78,54 @@ func TestSharesTheFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		db.Close()
+	}
+}
+
+// AppendTx's event is the caller's transaction's: gone with a rollback,
+// there after the commit, and refused before any write when invalid.
+func TestAppendTx(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, err := sqlitedb.Open(ctx, filepath.Join(t.TempDir(), "klectr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	l, err := sqlitelog.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendIn := func(commit bool, id string) error {
+		tx, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = l.AppendTx(ctx, tx, "u1", id, []byte(`{"eventId":"`+id+`"}`), time.Now())
+		if commit && err == nil {
+			return tx.Commit()
+		}
+		tx.Rollback()
+		return err
+	}
+	if err := appendIn(false, "rolled-back"); err != nil {
+		t.Fatal(err)
+	}
+	if err := appendIn(true, "committed"); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := l.After(ctx, "u1", "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].ID != "committed" {
+		t.Errorf("log after a rolled-back and a committed AppendTx: %+v, want only the committed one", evs)
+	}
+	tx, err := db.Write.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if err := l.AppendTx(ctx, tx, "u1", "bad", []byte(`{"no":"id"}`), time.Now()); !errors.Is(err, eventlog.ErrInvalid) {
+		t.Errorf("AppendTx of data without its eventId = %v, want eventlog.ErrInvalid", err)
 	}
 }
