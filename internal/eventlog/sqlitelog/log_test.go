@@ -125,7 +125,10 @@ func TestAppendTx(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	if err := l.AppendTx(ctx, tx, "u1", "bad", []byte(`{"no":"id"}`), time.Now()); !errors.Is(err, eventlog.ErrInvalid) {
-		t.Errorf("AppendTx of data without its eventId = %v, want eventlog.ErrInvalid", err)
+	if err := l.AppendTx(ctx, tx, "u1", "bad", []byte(`{not json`), time.Now()); !errors.Is(err, eventlog.ErrInvalid) {
+		t.Errorf("AppendTx of data that is not JSON = %v, want eventlog.ErrInvalid", err)
+	}
+	if err := l.AppendTx(ctx, tx, "", "bad", []byte(`{}`), time.Now()); !errors.Is(err, eventlog.ErrInvalid) {
+		t.Errorf("AppendTx without a user = %v, want eventlog.ErrInvalid", err)
 	}
 }
