@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode"
@@ -639,5 +640,57 @@ func TestClientSendsTraceparent(t *testing.T) {
 	h := analyze(trace.ContextWithSpanContext(t.Context(), sc))
 	if got, want := h.Get("Traceparent"), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"; got != want {
 		t.Fatalf("traceparent %q, want %q", got, want)
+	}
+}
+
+// With MaxConns, the client keeps that many connections to the service
+// between requests: a second wave of as many concurrent jobs dials none.
+func TestClientReusesConnections(t *testing.T) {
+	t.Parallel()
+	const jobs = 8
+	var mu sync.Mutex
+	dialled := 0
+	var arrived sync.WaitGroup
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived.Done()
+		arrived.Wait() // every request of the wave is in flight at once
+		io.WriteString(w, `{}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			dialled++
+			mu.Unlock()
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c, err := ai.NewClient(ai.ClientConfig{BaseURL: srv.URL, Timeout: 10 * time.Second, MaxConns: jobs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wave := func() {
+		arrived.Add(jobs)
+		var wg sync.WaitGroup
+		for range jobs {
+			wg.Go(func() {
+				if _, err := c.Analyze(t.Context(), ai.Image{AssetID: "a", ContentType: "image/png", Body: strings.NewReader("png")}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	wave()
+	mu.Lock()
+	first := dialled
+	mu.Unlock()
+	wave()
+	mu.Lock()
+	defer mu.Unlock()
+	if first != jobs || dialled != jobs {
+		t.Errorf("connections dialled: %d for the first wave of %d jobs, %d in all after the second; want %d and no more",
+			first, jobs, dialled, jobs)
 	}
 }
