@@ -290,6 +290,8 @@ func (q *Queue) EnqueueTx(ctx context.Context, tx *sql.Tx, jobs ...queue.Job) er
 			},
 		})
 	}
+	// The fast insert returns no rows: nothing here needs River's ids, and
+	// a duplicate job id is still refused, by idIndexName.
 	if _, err := q.client.InsertManyFastTx(ctx, tx, params); err != nil {
 		return enqueueError(err)
 	}
