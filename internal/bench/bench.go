@@ -224,9 +224,9 @@ func loopbackURL(raw string) (*url.URL, error) {
 }
 
 // Run runs the bench and prints its reports to w: with Baseline the bare
-// sink's first (and the durable sink's, with BaselineDir), then klectr's. An error means the run could not be made (no
-// connection, say); a run made with failures returns reports whose
-// Problems are not empty.
+// sink's first (and the durable sink's, with BaselineDir), then klectr's.
+// An error means the run could not be made (no connection, say); a run
+// made with failures returns reports whose Problems are not empty.
 func Run(ctx context.Context, o Options, w io.Writer) ([]*Report, error) {
 	run := time.Now()
 	users := make([]string, o.Users)

@@ -31,6 +31,9 @@ func durableSink(dir string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var names []string
 		defer func() {
+			// After the reply has gone out: the removal is not part of
+			// what a server must do before its 202.
+			http.NewResponseController(w).Flush()
 			for _, n := range names {
 				os.Remove(n)
 			}
