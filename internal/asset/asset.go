@@ -85,7 +85,9 @@ type Asset struct {
 	//     state came without one (job deleted, dead job reconciled).
 	//   - ProcessedAt: the final state was stored.
 	//   - EventSentAt: the asset_processed event of that final state was
-	//     published (written with the clearing of the outbox mark).
+	//     published (written with the clearing of the outbox mark), or, on
+	//     a store that logs events with the state (sqlitestore.LogEvents),
+	//     appended to the event log in the final state's transaction.
 	ReceivedAt  *time.Time
 	EnqueuedAt  *time.Time
 	StartedAt   *time.Time

@@ -15,6 +15,12 @@ import (
 )
 
 func newLog(t *testing.T) *sqlitelog.Log {
+	l, _ := openLog(t)
+	return l
+}
+
+// openLog returns a log on a new file, and the file.
+func openLog(t *testing.T) (*sqlitelog.Log, *sqlitedb.DB) {
 	t.Helper()
 	db, err := sqlitedb.Open(context.Background(), filepath.Join(t.TempDir(), "klectr.db"))
 	if err != nil {
@@ -25,7 +31,7 @@ func newLog(t *testing.T) *sqlitelog.Log {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l
+	return l, db
 }
 
 func TestLog(t *testing.T) {
@@ -86,15 +92,7 @@ func TestSharesTheFile(t *testing.T) {
 func TestAppendTx(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db, err := sqlitedb.Open(ctx, filepath.Join(t.TempDir(), "klectr.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	l, err := sqlitelog.New(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, db := openLog(t)
 	appendIn := func(commit bool, id string) error {
 		tx, err := db.Write.BeginTx(ctx, nil)
 		if err != nil {
